@@ -1,0 +1,129 @@
+//! `natterd [PORT] [BLOCK_DURATION] [TIMEOUT] [options]`: the natter server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use natter::server::{self, Config, HubConfig};
+use natter::units::{parse_duration, parse_size};
+
+/// The natter instant-messaging server.
+#[derive(Parser, Debug)]
+#[command(name = "natterd", version, about)]
+struct Args {
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(default_value_t = 4000)]
+    port: u16,
+    /// How long an account stays locked after 3 wrong passwords (seconds or e.g. `90s`, `5m`).
+    #[arg(default_value = "60", value_parser = parse_duration)]
+    block_duration: Duration,
+    /// Inactivity timeout before a user is logged out (seconds or e.g. `10m`).
+    #[arg(default_value = "600", value_parser = parse_duration)]
+    timeout: Duration,
+    /// The accounts file: `username password` per line.
+    #[arg(long, default_value = "credentials.txt")]
+    credentials: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Longest request line in bytes, newline excluded (e.g. `8192`, `8K`).
+    #[arg(long, default_value = "8K", value_parser = parse_size)]
+    max_line: usize,
+    /// Output queued for one connection before it is disconnected as a slow reader.
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    max_queued: usize,
+    /// Most simultaneous connections (default: the open-file limit minus 64).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// How long a new connection may take to log in.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    login_timeout: Duration,
+    /// Silence after which the server pings a connection.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    ping_interval: Duration,
+    /// How long a ping may go unanswered before the connection is dropped.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    ping_timeout: Duration,
+    /// Direct messages in flight (sent, not yet acknowledged) per connection.
+    #[arg(long, default_value_t = 64)]
+    ack_window: usize,
+    /// Messages a user's offline mailbox holds at most.
+    #[arg(long, default_value_t = 10_000)]
+    mailbox_max_messages: usize,
+    /// Bytes of message text a user's offline mailbox holds at most.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    mailbox_max_bytes: usize,
+    /// More logging: -v logins and limits, -vv connections (default: warnings only, or RUST_LOG).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            eprintln!("natterd: {}", text.lines().next().unwrap_or("invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    natter::logging::init("natterd", args.verbose);
+    if args.max_line == 0 || args.max_queued < args.max_line || args.ack_window == 0 {
+        eprintln!("natterd: error: --max-line must be positive, --max-queued at least --max-line, --ack-window positive");
+        return ExitCode::from(2);
+    }
+
+    // Every connection is a file descriptor: take all the kernel allows us.
+    let fd_limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("cannot raise the open-file limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024)
+        }
+    };
+    let max_connections = args
+        .max_connections
+        .unwrap_or_else(|| (fd_limit.saturating_sub(64)).max(16) as usize);
+
+    let credentials = match server::accounts::load(&args.credentials) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("natterd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = Config {
+        addr: SocketAddr::new(args.bind, args.port),
+        max_connections,
+        hub: HubConfig {
+            block_duration: args.block_duration,
+            timeout: args.timeout,
+            login_timeout: args.login_timeout,
+            ping_interval: args.ping_interval,
+            ping_timeout: args.ping_timeout,
+            max_line: args.max_line,
+            max_queued: args.max_queued,
+            ack_window: args.ack_window,
+            mailbox_max_messages: args.mailbox_max_messages,
+            mailbox_max_bytes: args.mailbox_max_bytes,
+        },
+    };
+    let accounts = credentials.len();
+    let result = server::run(cfg, credentials, |addr| {
+        println!("natterd listening on {addr}");
+        log::info!("{accounts} accounts, up to {max_connections} connections");
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("natterd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

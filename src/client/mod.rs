@@ -1,0 +1,1 @@
+//! `natter`: the terminal client.

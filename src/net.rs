@@ -1,0 +1,61 @@
+//! Small I/O helpers shared by the server, the client and the load generator.
+//!
+//! Non-blocking sockets report readiness that may be spurious, short, or interrupted;
+//! [`read_step`] and [`write_step`] sort every outcome into one enum so each loop
+//! handles the cases in one `match` instead of re-deriving them.
+
+use std::io::{self, Read, Write};
+
+/// The outcome of one non-blocking read or write attempt.
+#[derive(Debug)]
+pub enum Step {
+    /// `n > 0` bytes moved.
+    Done(usize),
+    /// The socket has nothing more for now; wait for the next readiness event.
+    WouldBlock,
+    /// End of stream (read), or the peer will take no more (write of zero bytes).
+    Closed,
+    /// A real error: the connection is over.
+    Failed(io::Error),
+}
+
+/// Reads once into `buf`, retrying on `Interrupted`.
+pub fn read_step(r: &mut impl Read, buf: &mut [u8]) -> Step {
+    loop {
+        return match r.read(buf) {
+            Ok(0) => Step::Closed,
+            Ok(n) => Step::Done(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Step::Failed(e),
+        };
+    }
+}
+
+/// Writes once from `buf`, retrying on `Interrupted`.
+pub fn write_step(w: &mut impl Write, buf: &[u8]) -> Step {
+    loop {
+        return match w.write(buf) {
+            Ok(0) => Step::Closed,
+            Ok(n) => Step::Done(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Step::Failed(e),
+        };
+    }
+}
+
+/// Writes as much of `buf` as the socket takes now; returns bytes written, or an error
+/// when the connection is over.
+pub fn write_until_blocked(w: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match write_step(w, &buf[done..]) {
+            Step::Done(n) => done += n,
+            Step::WouldBlock => break,
+            Step::Closed => return Err(io::ErrorKind::WriteZero.into()),
+            Step::Failed(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,290 @@
+//! Line framing: turning a byte stream into bounded UTF-8 lines and back.
+//!
+//! Invariants:
+//! - a line is the bytes before `\n` (a trailing `\r` is dropped), at most `max_line`
+//!   bytes long;
+//! - the decoder never holds more than `max_line` bytes of a partial line: an over-long
+//!   line is discarded up to its newline and reported once as [`Frame::TooLong`], so a
+//!   peer sending megabytes without a newline costs neither memory nor a busy loop;
+//! - complete lines inside one read are handed out straight from the caller's buffer;
+//!   only a partial tail is copied, so an idle connection owns no buffer at all.
+
+/// What the decoder found in the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A complete line, without its terminator.
+    Line(&'a str),
+    /// A line longer than the limit (already discarded).
+    TooLong,
+    /// A line that is not valid UTF-8 (already discarded).
+    BadUtf8,
+}
+
+/// Incremental line decoder for one connection.
+#[derive(Debug, Default)]
+pub struct LineDecoder {
+    partial: Vec<u8>,
+    discarding: bool,
+}
+
+/// Whether the frame handler wants more frames from this batch.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+impl LineDecoder {
+    /// Bytes held for an incomplete line.
+    pub fn buffered(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Releases the partial-line buffer's memory when it is empty.
+    pub fn shrink(&mut self) {
+        if self.partial.is_empty() {
+            self.partial = Vec::new();
+        }
+    }
+
+    /// Feeds `data` and calls `on_frame` for every complete frame, in order.
+    ///
+    /// Stops early (dropping the rest of `data`) when `on_frame` returns [`Flow::Stop`],
+    /// which is what a connection that is closing wants.
+    pub fn feed(&mut self, mut data: &[u8], max_line: usize, mut on_frame: impl FnMut(Frame<'_>) -> Flow) {
+        while !data.is_empty() {
+            let newline = memchr::memchr(b'\n', data);
+            if self.discarding {
+                match newline {
+                    Some(i) => {
+                        self.discarding = false;
+                        data = &data[i + 1..];
+                        if on_frame(Frame::TooLong) == Flow::Stop {
+                            return;
+                        }
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            let Some(i) = newline else {
+                if self.partial.len() + data.len() > max_line + 1 {
+                    // `+ 1` leaves room for a `\r` that may precede the coming `\n`.
+                    self.partial = Vec::new();
+                    self.discarding = true;
+                } else {
+                    self.partial.extend_from_slice(data);
+                }
+                return;
+            };
+            let flow = if self.partial.is_empty() {
+                on_frame(classify(&data[..i], max_line))
+            } else {
+                self.partial.extend_from_slice(&data[..i]);
+                let line = std::mem::take(&mut self.partial);
+                let flow = on_frame(classify(&line, max_line));
+                // Keep the allocation for the next partial line only if it is small.
+                if line.capacity() <= 1024 {
+                    self.partial = line;
+                    self.partial.clear();
+                }
+                flow
+            };
+            data = &data[i + 1..];
+            if flow == Flow::Stop {
+                return;
+            }
+        }
+    }
+}
+
+fn classify(line: &[u8], max_line: usize) -> Frame<'_> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.len() > max_line {
+        return Frame::TooLong;
+    }
+    match std::str::from_utf8(line) {
+        Ok(s) => Frame::Line(s),
+        Err(_) => Frame::BadUtf8,
+    }
+}
+
+/// An output queue: bytes appended at the back, written from the front.
+///
+/// Writing advances a cursor instead of shifting bytes; the buffer is reset when it
+/// empties and compacted only when the written prefix dominates.
+#[derive(Debug, Default)]
+pub struct OutBuf {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl OutBuf {
+    /// Bytes waiting to be written.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    /// The unwritten bytes.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// The vector to append to (callers encode frames straight into it).
+    pub fn tail(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Marks `n` bytes as written.
+    pub fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 64 * 1024 && self.pos * 2 > self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Memory held, written or not.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Gives memory back when nothing is pending and more than `keep` bytes are held.
+    pub fn shrink(&mut self, keep: usize) {
+        if self.is_empty() && self.buf.capacity() > keep {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+    }
+
+    /// Drops everything pending.
+    pub fn clear(&mut self) {
+        self.buf = Vec::new();
+        self.pos = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(dec: &mut LineDecoder, chunks: &[&[u8]], max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            dec.feed(chunk, max, |f| {
+                out.push(match f {
+                    Frame::Line(s) => format!("L:{s}"),
+                    Frame::TooLong => "TOO_LONG".to_string(),
+                    Frame::BadUtf8 => "BAD_UTF8".to_string(),
+                });
+                Flow::Continue
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn coalesced_lines_in_one_read() {
+        let mut d = LineDecoder::default();
+        let got = collect(&mut d, &[b"a\nbb\r\nccc\n"], 100);
+        assert_eq!(got, ["L:a", "L:bb", "L:ccc"]);
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn split_reads_including_crlf_and_utf8_boundaries() {
+        let mut d = LineDecoder::default();
+        let text = "héllo wörld\r\nnext\n".as_bytes();
+        // Feed one byte at a time: splits land inside multi-byte characters and CRLF.
+        let chunks: Vec<&[u8]> = text.chunks(1).collect();
+        let got = collect(&mut d, &chunks, 100);
+        assert_eq!(got, ["L:héllo wörld", "L:next"]);
+    }
+
+    #[test]
+    fn empty_lines_are_frames() {
+        let mut d = LineDecoder::default();
+        assert_eq!(collect(&mut d, &[b"\n\r\n"], 10), ["L:", "L:"]);
+    }
+
+    #[test]
+    fn overlong_line_is_reported_once_and_the_stream_recovers() {
+        let mut d = LineDecoder::default();
+        let long = vec![b'x'; 50];
+        let got = collect(&mut d, &[&long, &long, b"yy\nok\n"], 16);
+        assert_eq!(got, ["TOO_LONG", "L:ok"]);
+        // Within one chunk as well.
+        let mut one = vec![b'z'; 40];
+        one.extend_from_slice(b"\nfine\n");
+        assert_eq!(collect(&mut d, &[&one], 16), ["TOO_LONG", "L:fine"]);
+    }
+
+    #[test]
+    fn exact_limit_is_accepted_with_or_without_cr() {
+        let mut d = LineDecoder::default();
+        let mut line = vec![b'a'; 16];
+        line.extend_from_slice(b"\r\n");
+        let got = collect(&mut d, &[&line[..10], &line[10..]], 16);
+        assert_eq!(got, [format!("L:{}", "a".repeat(16))]);
+        let mut over = vec![b'a'; 17];
+        over.push(b'\n');
+        assert_eq!(collect(&mut d, &[&over], 16), ["TOO_LONG"]);
+    }
+
+    #[test]
+    fn megabytes_without_newline_hold_bounded_memory() {
+        let mut d = LineDecoder::default();
+        let chunk = vec![b'q'; 64 * 1024];
+        for _ in 0..64 {
+            assert!(collect(&mut d, &[&chunk], 8192).is_empty());
+            assert!(d.buffered() <= 8193);
+        }
+        assert_eq!(collect(&mut d, &[b"\nhi\n"], 8192), ["TOO_LONG", "L:hi"]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_one_bad_frame() {
+        let mut d = LineDecoder::default();
+        assert_eq!(
+            collect(&mut d, &[b"ok\n\xff\xfe\nafter\n"], 100),
+            ["L:ok", "BAD_UTF8", "L:after"]
+        );
+    }
+
+    #[test]
+    fn stop_drops_the_rest_of_the_batch() {
+        let mut d = LineDecoder::default();
+        let mut seen = 0;
+        d.feed(b"a\nb\nc\n", 10, |_| {
+            seen += 1;
+            Flow::Stop
+        });
+        assert_eq!(seen, 1);
+    }
+
+    #[test]
+    fn outbuf_cursor_and_compaction() {
+        let mut o = OutBuf::default();
+        o.tail().extend_from_slice(b"hello world");
+        o.consume(6);
+        assert_eq!(o.pending(), b"world");
+        o.consume(5);
+        assert!(o.is_empty());
+        assert_eq!(o.len(), 0);
+        o.tail().extend_from_slice(&vec![1u8; 200_000]);
+        o.consume(150_000);
+        assert_eq!(o.len(), 50_000);
+        o.shrink(0);
+        assert_eq!(o.len(), 50_000, "shrink never drops pending bytes");
+        o.consume(50_000);
+        o.shrink(0);
+        assert_eq!(o.capacity(), 0);
+    }
+}

@@ -1,0 +1,612 @@
+//! The typed frames of the natter wire protocol and their text encoding.
+//!
+//! Every frame is one line of UTF-8 text. Client requests start with an upper-case verb;
+//! server replies start with `+` (success) or `-` (error code), server pushes with `*`.
+//! Fields are separated by one space; a free-text field (a message) is always last and
+//! runs to the end of the line, spaces included. `docs/protocol.md` is the reference.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::units::parse_duration;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default and maximum length of one line, terminator excluded.
+pub const MAX_LINE: usize = 8192;
+
+/// A request from a client (or a response to a server push: `PONG`, `ACK`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    Hello { version: u32 },
+    Login { user: &'a str, password: &'a str, peer_port: Option<u16> },
+    Msg { to: &'a str, text: &'a str },
+    Bcast { text: &'a str },
+    WhoElse,
+    WhoElseSince { window: Duration },
+    Block { user: &'a str },
+    Unblock { user: &'a str },
+    Private { user: &'a str },
+    Active,
+    Ping { token: &'a str },
+    Logout,
+    /// Answer to `*PING`; gets no reply.
+    Pong { seq: u64 },
+    /// Delivery acknowledgement of every `*MSG` up to and including `id`; gets no reply.
+    Ack { id: u64 },
+}
+
+impl Request<'_> {
+    /// Whether the request is something a user typed (it resets the inactivity timer).
+    pub fn is_user_activity(&self) -> bool {
+        !matches!(
+            self,
+            Request::Hello { .. } | Request::Login { .. } | Request::Ping { .. } | Request::Pong { .. } | Request::Ack { .. }
+        )
+    }
+
+    /// Whether the protocol answers this frame (responses to pushes get no reply).
+    pub fn expects_reply(&self) -> bool {
+        !matches!(self, Request::Pong { .. } | Request::Ack { .. })
+    }
+
+    /// Appends the wire form of the request, newline included.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing into a Vec cannot fail.
+        let _ = match self {
+            Request::Hello { version } => writeln!(out, "HELLO {version}"),
+            Request::Login { user, password, peer_port: Some(p) } => writeln!(out, "LOGIN {user} {password} {p}"),
+            Request::Login { user, password, peer_port: None } => writeln!(out, "LOGIN {user} {password}"),
+            Request::Msg { to, text } => writeln!(out, "MSG {to} {text}"),
+            Request::Bcast { text } => writeln!(out, "BCAST {text}"),
+            Request::WhoElse => writeln!(out, "WHOELSE"),
+            Request::WhoElseSince { window } => writeln!(out, "WHOELSESINCE {}", window.as_secs()),
+            Request::Block { user } => writeln!(out, "BLOCK {user}"),
+            Request::Unblock { user } => writeln!(out, "UNBLOCK {user}"),
+            Request::Private { user } => writeln!(out, "PRIVATE {user}"),
+            Request::Active => writeln!(out, "ACTIVE"),
+            Request::Ping { token } if token.is_empty() => writeln!(out, "PING"),
+            Request::Ping { token } => writeln!(out, "PING {token}"),
+            Request::Logout => writeln!(out, "LOGOUT"),
+            Request::Pong { seq } => writeln!(out, "PONG {seq}"),
+            Request::Ack { id } => writeln!(out, "ACK {id}"),
+        };
+    }
+}
+
+/// Why a line is not a valid request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// The verb is not one of the protocol's.
+    UnknownVerb,
+    /// A known verb with missing, extra or malformed arguments.
+    BadArguments,
+}
+
+/// Splits off the first space-separated field.
+fn field(s: &str) -> (&str, &str) {
+    match s.find(' ') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    }
+}
+
+/// A user name on the wire: non-empty, no white space.
+fn name(s: &str) -> Result<&str, RequestError> {
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        Err(RequestError::BadArguments)
+    } else {
+        Ok(s)
+    }
+}
+
+/// Free text: non-empty and not only white space.
+fn text(s: &str) -> Result<&str, RequestError> {
+    if s.trim().is_empty() {
+        Err(RequestError::BadArguments)
+    } else {
+        Ok(s)
+    }
+}
+
+fn none(rest: &str) -> Result<(), RequestError> {
+    if rest.is_empty() { Ok(()) } else { Err(RequestError::BadArguments) }
+}
+
+fn number<T: std::str::FromStr>(s: &str) -> Result<T, RequestError> {
+    s.parse().map_err(|_| RequestError::BadArguments)
+}
+
+/// Parses one request line (terminator already removed).
+pub fn parse_request(line: &str) -> Result<Request<'_>, RequestError> {
+    use RequestError::BadArguments;
+    let (verb, rest) = field(line);
+    Ok(match verb {
+        "MSG" => {
+            let (to, msg) = field(rest);
+            Request::Msg { to: name(to)?, text: text(msg)? }
+        }
+        "BCAST" => Request::Bcast { text: text(rest)? },
+        "ACK" => Request::Ack { id: number(rest)? },
+        "PONG" => Request::Pong { seq: number(rest)? },
+        "WHOELSE" => none(rest).map(|_| Request::WhoElse)?,
+        "WHOELSESINCE" => Request::WhoElseSince { window: parse_duration(rest).map_err(|_| BadArguments)? },
+        "BLOCK" => Request::Block { user: name(rest)? },
+        "UNBLOCK" => Request::Unblock { user: name(rest)? },
+        "PRIVATE" => Request::Private { user: name(rest)? },
+        "ACTIVE" => none(rest).map(|_| Request::Active)?,
+        "PING" => Request::Ping { token: if rest.is_empty() { rest } else { name(rest)? } },
+        "LOGOUT" => none(rest).map(|_| Request::Logout)?,
+        "HELLO" => Request::Hello { version: number(rest)? },
+        "LOGIN" => {
+            let (user, rest) = field(rest);
+            let (password, port) = field(rest);
+            let peer_port = if port.is_empty() { None } else { Some(number(port)?) };
+            Request::Login { user: name(user)?, password: name(password)?, peer_port }
+        }
+        _ => return Err(RequestError::UnknownVerb),
+    })
+}
+
+/// Machine-readable error codes carried by `-CODE` replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// `HELLO` with a version the server does not speak; the argument is the one it does.
+    Version,
+    /// A request other than `HELLO` before the handshake.
+    HelloFirst,
+    /// A chat request before `LOGIN` succeeded.
+    NotLoggedIn,
+    /// `LOGIN` on a connection that is already logged in.
+    AlreadyLoggedIn,
+    /// Unknown verb.
+    UnknownCommand,
+    /// Known verb, bad arguments.
+    BadArguments,
+    /// The line exceeded the maximum length (argument: the limit).
+    TooLong,
+    /// The line was not valid UTF-8.
+    BadUtf8,
+    /// No such user in the credentials (argument: the name).
+    NoSuchUser,
+    /// Wrong password; the argument is how many tries are left before the lockout.
+    BadPassword,
+    /// Wrong password for the last time: the account is now locked (connection closes).
+    LockedNow,
+    /// The account is locked (connection closes).
+    Locked,
+    /// The account is already logged in elsewhere (connection closes).
+    AlreadyOnline,
+    /// The target is the requester.
+    SelfTarget,
+    /// The target has blocked the requester (argument: the target).
+    BlockedBy,
+    /// `UNBLOCK` of someone who was not blocked (argument: the name).
+    NotBlocked,
+    /// The target is offline (argument: the name).
+    Offline,
+    /// The target's client accepts no private sessions (argument: the name).
+    NoPeer,
+    /// The recipient's offline mailbox is full (argument: the name).
+    MailboxFull,
+    /// The client is sending faster than the server's flood limit allows.
+    RateLimited,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 20] = [
+        ErrorCode::Version,
+        ErrorCode::HelloFirst,
+        ErrorCode::NotLoggedIn,
+        ErrorCode::AlreadyLoggedIn,
+        ErrorCode::UnknownCommand,
+        ErrorCode::BadArguments,
+        ErrorCode::TooLong,
+        ErrorCode::BadUtf8,
+        ErrorCode::NoSuchUser,
+        ErrorCode::BadPassword,
+        ErrorCode::LockedNow,
+        ErrorCode::Locked,
+        ErrorCode::AlreadyOnline,
+        ErrorCode::SelfTarget,
+        ErrorCode::BlockedBy,
+        ErrorCode::NotBlocked,
+        ErrorCode::Offline,
+        ErrorCode::NoPeer,
+        ErrorCode::MailboxFull,
+        ErrorCode::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Version => "VERSION",
+            ErrorCode::HelloFirst => "HELLO_FIRST",
+            ErrorCode::NotLoggedIn => "NOT_LOGGED_IN",
+            ErrorCode::AlreadyLoggedIn => "ALREADY_LOGGED_IN",
+            ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
+            ErrorCode::BadArguments => "BAD_ARGUMENTS",
+            ErrorCode::TooLong => "TOO_LONG",
+            ErrorCode::BadUtf8 => "BAD_UTF8",
+            ErrorCode::NoSuchUser => "NO_SUCH_USER",
+            ErrorCode::BadPassword => "BAD_PASSWORD",
+            ErrorCode::LockedNow => "LOCKED_NOW",
+            ErrorCode::Locked => "LOCKED",
+            ErrorCode::AlreadyOnline => "ALREADY_ONLINE",
+            ErrorCode::SelfTarget => "SELF",
+            ErrorCode::BlockedBy => "BLOCKED_BY",
+            ErrorCode::NotBlocked => "NOT_BLOCKED",
+            ErrorCode::Offline => "OFFLINE",
+            ErrorCode::NoPeer => "NO_PEER",
+            ErrorCode::MailboxFull => "MAILBOX_FULL",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+        }
+    }
+
+    pub fn from_str(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A server reply: exactly one per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply<'a> {
+    Hello { version: u32, software: &'a str },
+    Welcome,
+    /// The message reached an online recipient's queue (`stored: false`) or its mailbox.
+    Sent { to: &'a str, stored: bool },
+    /// A broadcast reached `delivered` users; `blocked` online users had blocked the sender.
+    Bcast { delivered: u32, blocked: u32 },
+    Users(Vec<&'a str>),
+    Blocked { user: &'a str },
+    Unblocked { user: &'a str },
+    /// Peer introduction: connect to `addr` and present `token`.
+    Peer { user: &'a str, addr: SocketAddr, token: &'a str },
+    Ok,
+    Pong { token: &'a str },
+    Bye,
+    Error { code: ErrorCode, arg: &'a str },
+}
+
+/// Why the server is closing a connection (`*BYE <reason>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByeReason {
+    /// No successful `LOGIN` within the unauthenticated deadline.
+    LoginTimeout,
+    /// The output queued for the client passed the server's limit.
+    SlowReader,
+    /// No answer to a liveness `*PING`.
+    NoPong,
+    /// The server is shutting down.
+    Shutdown,
+    /// The account was removed from the credentials.
+    Removed,
+}
+
+impl ByeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByeReason::LoginTimeout => "login-timeout",
+            ByeReason::SlowReader => "slow-reader",
+            ByeReason::NoPong => "no-pong",
+            ByeReason::Shutdown => "shutdown",
+            ByeReason::Removed => "removed",
+        }
+    }
+}
+
+/// A server push: sent whenever something happens, never as a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push<'a> {
+    Msg { id: u64, from: &'a str, text: &'a str },
+    Bcast { from: &'a str, text: &'a str },
+    Login(Vec<&'a str>),
+    Logout(Vec<&'a str>),
+    Ping { seq: u64 },
+    Expect { user: &'a str, token: &'a str },
+    Timeout,
+    Bye { reason: &'a str },
+}
+
+/// Anything the server sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerFrame<'a> {
+    Reply(Reply<'a>),
+    Push(Push<'a>),
+}
+
+/// Appends `-CODE [arg]\n`.
+pub fn encode_error(out: &mut Vec<u8>, code: ErrorCode, arg: &str) {
+    out.push(b'-');
+    out.extend_from_slice(code.as_str().as_bytes());
+    if !arg.is_empty() {
+        out.push(b' ');
+        out.extend_from_slice(arg.as_bytes());
+    }
+    out.push(b'\n');
+}
+
+/// Appends `*MSG <id> <from> <text>\n` without formatting machinery (hot path).
+pub fn encode_msg(out: &mut Vec<u8>, id: u64, from: &str, text: &str) {
+    out.extend_from_slice(b"*MSG ");
+    push_u64(out, id);
+    out.push(b' ');
+    out.extend_from_slice(from.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'\n');
+}
+
+/// Appends the decimal digits of `n`.
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `<prefix> <a> <b> ...\n`.
+pub fn encode_list<'a>(out: &mut Vec<u8>, prefix: &str, names: impl IntoIterator<Item = &'a str>) {
+    out.extend_from_slice(prefix.as_bytes());
+    for n in names {
+        out.push(b' ');
+        out.extend_from_slice(n.as_bytes());
+    }
+    out.push(b'\n');
+}
+
+impl Reply<'_> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = match self {
+            Reply::Hello { version, software } => writeln!(out, "+HELLO {version} {software}"),
+            Reply::Welcome => writeln!(out, "+WELCOME"),
+            Reply::Sent { to, stored: false } => writeln!(out, "+SENT {to}"),
+            Reply::Sent { to, stored: true } => writeln!(out, "+STORED {to}"),
+            Reply::Bcast { delivered, blocked } => writeln!(out, "+BCAST {delivered} {blocked}"),
+            Reply::Users(names) => {
+                encode_list(out, "+USERS", names.iter().copied());
+                Ok(())
+            }
+            Reply::Blocked { user } => writeln!(out, "+BLOCKED {user}"),
+            Reply::Unblocked { user } => writeln!(out, "+UNBLOCKED {user}"),
+            Reply::Peer { user, addr, token } => writeln!(out, "+PEER {user} {} {} {token}", addr.ip(), addr.port()),
+            Reply::Ok => writeln!(out, "+OK"),
+            Reply::Pong { token } if token.is_empty() => writeln!(out, "+PONG"),
+            Reply::Pong { token } => writeln!(out, "+PONG {token}"),
+            Reply::Bye => writeln!(out, "+BYE"),
+            Reply::Error { code, arg } => {
+                encode_error(out, *code, arg);
+                Ok(())
+            }
+        };
+    }
+}
+
+impl Push<'_> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let _ = match self {
+            Push::Msg { id, from, text } => {
+                encode_msg(out, *id, from, text);
+                Ok(())
+            }
+            Push::Bcast { from, text } => writeln!(out, "*BCAST {from} {text}"),
+            Push::Login(names) => {
+                encode_list(out, "*LOGIN", names.iter().copied());
+                Ok(())
+            }
+            Push::Logout(names) => {
+                encode_list(out, "*LOGOUT", names.iter().copied());
+                Ok(())
+            }
+            Push::Ping { seq } => writeln!(out, "*PING {seq}"),
+            Push::Expect { user, token } => writeln!(out, "*EXPECT {user} {token}"),
+            Push::Timeout => writeln!(out, "*TIMEOUT"),
+            Push::Bye { reason } => writeln!(out, "*BYE {reason}"),
+        };
+    }
+}
+
+/// Why a server line could not be understood (a client-side error).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFrame;
+
+fn names(rest: &str) -> Vec<&str> {
+    rest.split(' ').filter(|s| !s.is_empty()).collect()
+}
+
+fn num<T: std::str::FromStr>(s: &str) -> Result<T, BadFrame> {
+    s.parse().map_err(|_| BadFrame)
+}
+
+fn word(s: &str) -> Result<&str, BadFrame> {
+    if s.is_empty() || s.contains(' ') { Err(BadFrame) } else { Ok(s) }
+}
+
+/// Parses one line from the server.
+pub fn parse_server_frame(line: &str) -> Result<ServerFrame<'_>, BadFrame> {
+    let (head, rest) = field(line);
+    let Some(kind) = head.chars().next() else {
+        return Err(BadFrame);
+    };
+    let verb = &head[1..];
+    match kind {
+        '+' => Ok(ServerFrame::Reply(match verb {
+            "HELLO" => {
+                let (v, software) = field(rest);
+                Reply::Hello { version: num(v)?, software }
+            }
+            "WELCOME" => Reply::Welcome,
+            "SENT" => Reply::Sent { to: word(rest)?, stored: false },
+            "STORED" => Reply::Sent { to: word(rest)?, stored: true },
+            "BCAST" => {
+                let (d, b) = field(rest);
+                Reply::Bcast { delivered: num(d)?, blocked: num(b)? }
+            }
+            "USERS" => Reply::Users(names(rest)),
+            "BLOCKED" => Reply::Blocked { user: word(rest)? },
+            "UNBLOCKED" => Reply::Unblocked { user: word(rest)? },
+            "PEER" => {
+                let (user, rest) = field(rest);
+                let (ip, rest) = field(rest);
+                let (port, token) = field(rest);
+                let ip: std::net::IpAddr = num(ip)?;
+                Reply::Peer { user: word(user)?, addr: SocketAddr::new(ip, num(port)?), token: word(token)? }
+            }
+            "OK" => Reply::Ok,
+            "PONG" => Reply::Pong { token: rest },
+            "BYE" => Reply::Bye,
+            _ => return Err(BadFrame),
+        })),
+        '-' => {
+            let code = ErrorCode::from_str(verb).ok_or(BadFrame)?;
+            Ok(ServerFrame::Reply(Reply::Error { code, arg: rest }))
+        }
+        '*' => Ok(ServerFrame::Push(match verb {
+            "MSG" => {
+                let (id, rest) = field(rest);
+                let (from, text) = field(rest);
+                Push::Msg { id: num(id)?, from: word(from)?, text }
+            }
+            "BCAST" => {
+                let (from, text) = field(rest);
+                Push::Bcast { from: word(from)?, text }
+            }
+            "LOGIN" => Push::Login(names(rest)),
+            "LOGOUT" => Push::Logout(names(rest)),
+            "PING" => Push::Ping { seq: num(rest)? },
+            "EXPECT" => {
+                let (user, token) = field(rest);
+                Push::Expect { user: word(user)?, token: word(token)? }
+            }
+            "TIMEOUT" => Push::Timeout,
+            "BYE" => Push::Bye { reason: rest },
+            _ => return Err(BadFrame),
+        })),
+        _ => Err(BadFrame),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_request(r: Request<'_>) {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        let line = std::str::from_utf8(&out).unwrap();
+        let line = line.strip_suffix('\n').unwrap();
+        assert_eq!(parse_request(line), Ok(r), "line {line:?}");
+    }
+
+    #[test]
+    fn every_request_roundtrips() {
+        for r in [
+            Request::Hello { version: 1 },
+            Request::Login { user: "alice", password: "s3cret", peer_port: None },
+            Request::Login { user: "alice", password: "s3cret", peer_port: Some(5555) },
+            Request::Msg { to: "bob", text: "hi  there, spaced  " },
+            Request::Bcast { text: "héllo" },
+            Request::WhoElse,
+            Request::WhoElseSince { window: Duration::from_secs(90) },
+            Request::Block { user: "bob" },
+            Request::Unblock { user: "bob" },
+            Request::Private { user: "bob" },
+            Request::Active,
+            Request::Ping { token: "" },
+            Request::Ping { token: "t1" },
+            Request::Logout,
+            Request::Pong { seq: 7 },
+            Request::Ack { id: u64::MAX },
+        ] {
+            roundtrip_request(r);
+        }
+    }
+
+    #[test]
+    fn request_errors() {
+        assert_eq!(parse_request("FOO"), Err(RequestError::UnknownVerb));
+        assert_eq!(parse_request("msg bob hi"), Err(RequestError::UnknownVerb));
+        assert_eq!(parse_request(""), Err(RequestError::UnknownVerb));
+        for bad in ["MSG", "MSG bob", "MSG bob ", "MSG bob    ", "BCAST", "BLOCK", "BLOCK a b", "WHOELSE x", "WHOELSESINCE", "WHOELSESINCE soon", "ACK x", "LOGIN a", "LOGIN a b c", "HELLO", "LOGOUT now"] {
+            assert_eq!(parse_request(bad), Err(RequestError::BadArguments), "{bad:?}");
+        }
+        assert_eq!(
+            parse_request("WHOELSESINCE 1h 30m"),
+            Ok(Request::WhoElseSince { window: Duration::from_secs(5400) })
+        );
+    }
+
+    fn roundtrip_server(f: ServerFrame<'_>) {
+        let mut out = Vec::new();
+        match &f {
+            ServerFrame::Reply(r) => r.encode(&mut out),
+            ServerFrame::Push(p) => p.encode(&mut out),
+        }
+        let line = std::str::from_utf8(&out).unwrap();
+        let line = line.strip_suffix('\n').unwrap();
+        assert_eq!(parse_server_frame(line), Ok(f), "line {line:?}");
+    }
+
+    #[test]
+    fn every_reply_and_push_roundtrips() {
+        let addr: SocketAddr = "10.1.2.3:4567".parse().unwrap();
+        let mut frames = vec![
+            ServerFrame::Reply(Reply::Hello { version: 1, software: "natterd/0.1.0" }),
+            ServerFrame::Reply(Reply::Welcome),
+            ServerFrame::Reply(Reply::Sent { to: "bob", stored: false }),
+            ServerFrame::Reply(Reply::Sent { to: "bob", stored: true }),
+            ServerFrame::Reply(Reply::Bcast { delivered: 3, blocked: 1 }),
+            ServerFrame::Reply(Reply::Users(vec![])),
+            ServerFrame::Reply(Reply::Users(vec!["a", "b"])),
+            ServerFrame::Reply(Reply::Blocked { user: "bob" }),
+            ServerFrame::Reply(Reply::Unblocked { user: "bob" }),
+            ServerFrame::Reply(Reply::Peer { user: "bob", addr, token: "abc123" }),
+            ServerFrame::Reply(Reply::Ok),
+            ServerFrame::Reply(Reply::Pong { token: "" }),
+            ServerFrame::Reply(Reply::Pong { token: "x" }),
+            ServerFrame::Reply(Reply::Bye),
+            ServerFrame::Push(Push::Msg { id: 9, from: "bob", text: " two  spaces " }),
+            ServerFrame::Push(Push::Bcast { from: "bob", text: "all" }),
+            ServerFrame::Push(Push::Login(vec!["a"])),
+            ServerFrame::Push(Push::Login(vec!["a", "b", "c"])),
+            ServerFrame::Push(Push::Logout(vec!["a"])),
+            ServerFrame::Push(Push::Ping { seq: 3 }),
+            ServerFrame::Push(Push::Expect { user: "bob", token: "t" }),
+            ServerFrame::Push(Push::Timeout),
+            ServerFrame::Push(Push::Bye { reason: "shutdown" }),
+        ];
+        for code in ErrorCode::ALL {
+            frames.push(ServerFrame::Reply(Reply::Error { code, arg: "" }));
+            frames.push(ServerFrame::Reply(Reply::Error { code, arg: "bob" }));
+        }
+        for f in frames {
+            roundtrip_server(f);
+        }
+    }
+
+    #[test]
+    fn garbage_from_the_server_is_an_error_not_a_panic() {
+        for bad in ["", "+", "-", "*", "?x", "+NOPE", "-NOPE", "*MSG x bob hi", "*MSG", "+PEER bob 1.2.3.4", "+PEER bob nope 1 t", "*PING"] {
+            assert_eq!(parse_server_frame(bad), Err(BadFrame), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn push_u64_digits() {
+        for n in [0u64, 7, 10, 12345, u64::MAX] {
+            let mut v = Vec::new();
+            push_u64(&mut v, n);
+            assert_eq!(String::from_utf8(v).unwrap(), n.to_string());
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The server's event loop: one thread, one `mio::Poll`.
+//!
+//! Every iteration runs the same phases, in order:
+//! 1. poll, with the earliest timer deadline as timeout (no fixed tick);
+//! 2. dispatch events: read every readable connection until `WouldBlock` (or its
+//!    per-iteration budget, after which it is revisited next iteration without
+//!    waiting), feeding the bytes to the hub; note write readiness;
+//! 3. fire due timers;
+//! 4. flush every dirty connection once (one `write` carries all the frames queued
+//!    for it this iteration), and keep write interest only while output is pending;
+//! 5. sweep connections the hub closed: deregister and drop them;
+//! 6. accept new connections (deferred to here, so a new connection can never
+//!    receive an event or timer meant for a closed one that held its slab key).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use super::accounts::Credential;
+use super::hub::{CloseReason, Hub, HubConfig};
+use crate::net::{Step, read_step, write_until_blocked};
+
+const LISTENER: Token = Token(usize::MAX);
+
+/// Bytes read from one connection per iteration before others get a turn.
+const READ_BUDGET: usize = 256 * 1024;
+
+/// Size of the loop's one read buffer (shared by all connections).
+const SCRATCH: usize = 64 * 1024;
+
+/// Everything `run` needs, already validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub hub: HubConfig,
+    /// Most simultaneous connections; accepting pauses at the limit.
+    pub max_connections: usize,
+}
+
+/// Why the server stopped.
+#[derive(Debug)]
+pub enum RunError {
+    Bind(SocketAddr, io::Error),
+    Poll(io::Error),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            RunError::Poll(e) => write!(f, "event loop failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {}
+
+/// The bound server, before it runs (tests and the binary print its address).
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    hub: Hub<TcpStream>,
+    max_connections: usize,
+    scratch: Box<[u8]>,
+    /// Connections whose read budget ran out: (key, serial), revisited next iteration.
+    read_backlog: Vec<(usize, u64)>,
+    accept_ready: bool,
+    /// Set when accepting failed for lack of file descriptors.
+    accept_retry_at: Option<Instant>,
+}
+
+impl Server {
+    pub fn bind(cfg: Config, credentials: Vec<Credential>) -> Result<Server, RunError> {
+        let poll = Poll::new().map_err(RunError::Poll)?;
+        let mut listener = TcpListener::bind(cfg.addr).map_err(|e| RunError::Bind(cfg.addr, e))?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(RunError::Poll)?;
+        Ok(Server {
+            poll,
+            listener,
+            hub: Hub::new(credentials, cfg.hub, Instant::now()),
+            max_connections: cfg.max_connections.max(1),
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            read_backlog: Vec::new(),
+            accept_ready: true,
+            accept_retry_at: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until the poll itself fails.
+    pub fn run(mut self) -> Result<(), RunError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(RunError::Poll(e));
+            }
+            let now = Instant::now();
+            for (key, serial) in std::mem::take(&mut self.read_backlog) {
+                if self.hub.sessions.get(key).is_some_and(|s| s.serial == serial) {
+                    self.read(key, now);
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_ready = true,
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read(key, now);
+                        }
+                        if event.is_writable() {
+                            self.hub.mark_dirty(key);
+                        }
+                    }
+                }
+            }
+            self.hub.expire(now);
+            self.flush(now);
+            self.sweep();
+            if self.accept_retry_at.is_some_and(|t| t <= now) {
+                self.accept_retry_at = None;
+                self.accept_ready = true;
+            }
+            if self.accept_ready && self.accept_retry_at.is_none() {
+                self.accept(now);
+            }
+        }
+    }
+
+    fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
+        let can_accept = self.accept_ready && self.accept_retry_at.is_none() && self.hub.sessions.len() < self.max_connections;
+        if !self.read_backlog.is_empty() || can_accept {
+            return Some(Duration::ZERO);
+        }
+        [self.hub.next_deadline(), self.accept_retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+    }
+
+    fn read(&mut self, key: usize, now: Instant) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(s) = self.hub.sessions.get_mut(key) else { return };
+            if s.is_closing() {
+                return;
+            }
+            match read_step(&mut s.io, &mut self.scratch) {
+                Step::Done(n) => {
+                    self.hub.feed(key, &self.scratch[..n], now);
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        let serial = self.hub.sessions.get(key).map_or(0, |s| s.serial);
+                        self.read_backlog.push((key, serial));
+                        return;
+                    }
+                }
+                Step::WouldBlock => return,
+                Step::Closed => return self.hub.close(key, CloseReason::Eof, now),
+                Step::Failed(e) => {
+                    debug!("conn {key}: read error: {e}");
+                    return self.hub.close(key, CloseReason::IoError, now);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, now: Instant) {
+        // Closing a session on a write error can dirty others (presence): loop until quiet.
+        loop {
+            let dirty = self.hub.take_dirty();
+            if dirty.is_empty() {
+                self.hub.flushed(dirty);
+                return;
+            }
+            let mut failed = Vec::new();
+            for &key in &dirty {
+                let Some(s) = self.hub.sessions.get_mut(key) else { continue };
+                if !s.out.is_empty() {
+                    match write_until_blocked(&mut s.io, s.out.pending()) {
+                        Ok(n) => s.out.consume(n),
+                        Err(e) => {
+                            debug!("conn {key}: write error: {e}");
+                            s.out.clear();
+                            failed.push(key);
+                        }
+                    }
+                }
+                let want = !s.out.is_empty() && !s.is_closing();
+                if want != s.write_interest {
+                    let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+                    if let Err(e) = self.poll.registry().reregister(&mut s.io, Token(key), interest) {
+                        warn!("conn {key}: reregister failed: {e}");
+                        failed.push(key);
+                    }
+                    s.write_interest = want;
+                }
+            }
+            self.hub.flushed(dirty);
+            for key in failed {
+                self.hub.close(key, CloseReason::IoError, now);
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        for key in self.hub.take_closing() {
+            if let Some(mut s) = self.hub.sessions.try_remove(key) {
+                let _ = self.poll.registry().deregister(&mut s.io);
+                let _ = s.io.shutdown(std::net::Shutdown::Both);
+                // Dropping `s` closes the socket.
+            }
+            self.accept_ready = true;
+        }
+    }
+
+    fn accept(&mut self, now: Instant) {
+        while self.hub.sessions.len() < self.max_connections {
+            match self.listener.accept() {
+                Ok((mut stream, peer)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        debug!("accept {peer}: TCP_NODELAY failed: {e}");
+                    }
+                    let key = self.hub.sessions.vacant_key();
+                    if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
+                        warn!("accept {peer}: register failed: {e}");
+                        continue;
+                    }
+                    let got = self.hub.accept(stream, peer, now);
+                    debug_assert_eq!(got, key);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept_ready = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: leave the backlog in the kernel and retry
+                    // shortly (or as soon as a connection closes) instead of spinning.
+                    warn!("accept failed: {e}; pausing accepts for 1s");
+                    self.accept_retry_at = Some(now + Duration::from_secs(1));
+                    return;
+                }
+            }
+        }
+        // At the connection limit: stay ready, and resume when a connection closes.
+    }
+}
+
+/// Binds and runs; `on_listening` gets the bound address (the binary prints it).
+pub fn run(cfg: Config, credentials: Vec<Credential>, on_listening: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
+    let server = Server::bind(cfg, credentials)?;
+    let addr = server.local_addr().map_err(RunError::Poll)?;
+    on_listening(addr);
+    server.run()
+}

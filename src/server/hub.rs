@@ -1,0 +1,915 @@
+//! The chat state and every server-side rule of the contract, without sockets.
+//!
+//! The [`Hub`] owns the sessions (a `slab`, keyed by the connection's token), the
+//! accounts, the offline mailboxes and the timer wheel. The event loop feeds it bytes
+//! and the current time; the hub answers by appending frames to sessions' output
+//! queues and listing which sessions are dirty (have output to flush) or closing.
+//! Being generic over the socket type `S` is what lets the benches route messages
+//! through the real state with no sockets at all.
+//!
+//! Invariants:
+//! - every request line gets exactly one reply (responses `PONG`/`ACK` get none);
+//! - a session is closed through [`Hub::close`] only, which is idempotent: it cancels
+//!   the session's timers, logs its user out (presence, history, unacknowledged
+//!   messages back to the mailbox) and lists the key for the loop to sweep;
+//! - a direct message is either in its recipient's mailbox or in the recipient
+//!   session's in-flight window until acknowledged: closing never loses one;
+//! - a session's queued output never passes `max_queued`: the session is closed first.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use slab::Slab;
+
+use super::accounts::Credential;
+use super::timer::{TimerHandle, TimerWheel};
+use crate::protocol::frames::{self, ByeReason, ErrorCode, PROTOCOL_VERSION, Push, Reply, Request, RequestError};
+use crate::protocol::{Flow, Frame, LineDecoder, OutBuf};
+
+/// Index of an account in the credentials.
+pub type AccountId = u32;
+
+/// Tunables of the chat logic (the event loop has its own).
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long an account stays locked after the third wrong password.
+    pub block_duration: Duration,
+    /// Inactivity logout.
+    pub timeout: Duration,
+    /// Deadline for a connection to log in.
+    pub login_timeout: Duration,
+    /// Silence after which a `*PING` is sent.
+    pub ping_interval: Duration,
+    /// How long a `*PING` may go unanswered before the connection is dropped.
+    pub ping_timeout: Duration,
+    /// Longest request line, terminator excluded.
+    pub max_line: usize,
+    /// Most bytes queued for one connection before it is disconnected as a slow reader.
+    pub max_queued: usize,
+    /// Direct messages sent to a session and not yet acknowledged, at most.
+    pub ack_window: usize,
+    /// Per-recipient mailbox caps.
+    pub mailbox_max_messages: usize,
+    pub mailbox_max_bytes: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            block_duration: Duration::from_secs(60),
+            timeout: Duration::from_secs(600),
+            login_timeout: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(30),
+            max_line: frames::MAX_LINE,
+            max_queued: 1 << 20,
+            ack_window: 64,
+            mailbox_max_messages: 10_000,
+            mailbox_max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Counters for operators and benchmarks.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub accepted: u64,
+    pub closed: u64,
+    pub logins: u64,
+    pub failed_logins: u64,
+    pub lockouts: u64,
+    pub direct_delivered: u64,
+    pub stored: u64,
+    pub broadcast_deliveries: u64,
+    pub mailbox_full: u64,
+    pub too_long: u64,
+    pub slow_reader_kills: u64,
+    pub dead_peer_kills: u64,
+    pub login_timeouts: u64,
+    pub idle_logouts: u64,
+}
+
+/// A direct message waiting in a mailbox or in a session's in-flight window.
+#[derive(Debug)]
+struct Stored {
+    id: u64,
+    from: AccountId,
+    text: Box<str>,
+}
+
+#[derive(Debug)]
+struct Account {
+    name: Box<str>,
+    password: Box<str>,
+    /// Consecutive wrong passwords since the last success or lockout.
+    failures: u8,
+    locked_until: Option<Instant>,
+    /// The logged-in session, if any.
+    session: Option<usize>,
+    /// Position in `Hub::online` while logged in.
+    online_pos: usize,
+    /// Accounts this user has blocked.
+    blocks: HashSet<AccountId>,
+    mailbox: VecDeque<Stored>,
+    mailbox_bytes: usize,
+    last_logout: Option<Instant>,
+}
+
+/// Why a session ends (for logs and counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    Logout,
+    Eof,
+    IoError,
+    LoginFailed,
+    LoginTimeout,
+    Idle,
+    SlowReader,
+    NoPong,
+    Shutdown,
+}
+
+#[derive(Debug)]
+struct ActiveState {
+    account: AccountId,
+    last_activity: Instant,
+    peer_port: Option<u16>,
+    inflight: VecDeque<Stored>,
+    idle_timer: Option<TimerHandle>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for `HELLO`.
+    Hello,
+    /// Handshake done, waiting for a successful `LOGIN`.
+    Login,
+    Active(ActiveState),
+    /// Closed by the hub; waiting for the loop to flush and sweep it.
+    Closing,
+}
+
+/// One connection as the hub sees it.
+#[derive(Debug)]
+pub struct Session<S> {
+    /// The socket (or `()` in benches).
+    pub io: S,
+    pub peer: SocketAddr,
+    /// Unique for the life of the process: stale timers and backlog entries carry it.
+    pub serial: u64,
+    /// Whether the loop registered write interest (maintained by the loop).
+    pub write_interest: bool,
+    pub out: OutBuf,
+    decoder: LineDecoder,
+    phase: Phase,
+    dirty: bool,
+    last_rx: Instant,
+    ping_seq: u64,
+    ping_sent: Option<Instant>,
+    live_timer: Option<TimerHandle>,
+    login_timer: Option<TimerHandle>,
+}
+
+impl<S> Session<S> {
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing)
+    }
+
+    /// The logged-in account, if any.
+    pub fn account(&self) -> Option<AccountId> {
+        match &self.phase {
+            Phase::Active(a) => Some(a.account),
+            _ => None,
+        }
+    }
+
+    /// Releases idle buffers (called when the connection has been quiet).
+    fn shrink(&mut self) {
+        self.decoder.shrink();
+        self.out.shrink(0);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TimerKind {
+    Login { key: usize, serial: u64 },
+    Idle { key: usize, serial: u64 },
+    Live { key: usize, serial: u64 },
+    Lockout { account: AccountId },
+}
+
+/// The chat state.
+pub struct Hub<S> {
+    pub sessions: Slab<Session<S>>,
+    accounts: Vec<Account>,
+    by_name: HashMap<Box<str>, AccountId>,
+    /// Logged-in accounts, unordered (swap-remove; `Account::online_pos` indexes it).
+    online: Vec<AccountId>,
+    cfg: HubConfig,
+    origin: Instant,
+    timers: TimerWheel<TimerKind>,
+    dirty: Vec<usize>,
+    closing: Vec<usize>,
+    /// Sessions that passed `max_queued` during fan-out, closed once the request is done.
+    overflowed: Vec<usize>,
+    next_msg_id: u64,
+    next_serial: u64,
+    token_keys: std::collections::hash_map::RandomState,
+    token_counter: u64,
+    software: String,
+    pub stats: Stats,
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    // Constant time in the contents (the length is not secret enough to hide).
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl<S> Hub<S> {
+    pub fn new(credentials: Vec<Credential>, cfg: HubConfig, now: Instant) -> Self {
+        let mut by_name = HashMap::with_capacity(credentials.len());
+        let accounts = credentials
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                by_name.insert(c.name.clone().into_boxed_str(), i as AccountId);
+                Account {
+                    name: c.name.into_boxed_str(),
+                    password: c.password.into_boxed_str(),
+                    failures: 0,
+                    locked_until: None,
+                    session: None,
+                    online_pos: 0,
+                    blocks: HashSet::new(),
+                    mailbox: VecDeque::new(),
+                    mailbox_bytes: 0,
+                    last_logout: None,
+                }
+            })
+            .collect();
+        Hub {
+            sessions: Slab::new(),
+            accounts,
+            by_name,
+            online: Vec::new(),
+            cfg,
+            origin: now,
+            timers: TimerWheel::new(now, Duration::from_millis(100), 1024),
+            dirty: Vec::new(),
+            closing: Vec::new(),
+            overflowed: Vec::new(),
+            next_msg_id: 1,
+            next_serial: 1,
+            token_keys: std::collections::hash_map::RandomState::new(),
+            token_counter: 0,
+            software: format!("natterd/{}", env!("CARGO_PKG_VERSION")),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.cfg
+    }
+
+    /// Users logged in now.
+    pub fn online_count(&self) -> usize {
+        self.online.len()
+    }
+
+    /// Rounds a deadline up to the next whole second since start, so that timers of
+    /// many connections share wheel ticks and an idle server wakes at most once a second.
+    fn coarse(&self, t: Instant) -> Instant {
+        let since = t.saturating_duration_since(self.origin);
+        let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+        self.origin + Duration::from_secs(secs)
+    }
+
+    /// The earliest timer deadline: the loop's poll timeout.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// Takes the list of sessions with output to flush; give it back with [`Hub::flushed`].
+    pub fn take_dirty(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Returns the (emptied) dirty list and clears the flags of the sessions in it.
+    pub fn flushed(&mut self, mut keys: Vec<usize>) {
+        for &k in &keys {
+            if let Some(s) = self.sessions.get_mut(k) {
+                s.dirty = false;
+            }
+        }
+        keys.clear();
+        if self.dirty.is_empty() {
+            self.dirty = keys;
+        }
+    }
+
+    /// Marks a session as having output to flush (also used for write readiness).
+    pub fn mark_dirty(&mut self, key: usize) {
+        if let Some(s) = self.sessions.get_mut(key)
+            && !s.dirty
+        {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Takes the list of sessions closed since the last sweep.
+    pub fn take_closing(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.closing)
+    }
+
+    /// Registers a new connection and arms its login deadline and liveness check.
+    pub fn accept(&mut self, io: S, peer: SocketAddr, now: Instant) -> usize {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let key = self.sessions.insert(Session {
+            io,
+            peer,
+            serial,
+            write_interest: false,
+            out: OutBuf::default(),
+            decoder: LineDecoder::default(),
+            phase: Phase::Hello,
+            dirty: false,
+            last_rx: now,
+            ping_seq: 0,
+            ping_sent: None,
+            live_timer: None,
+            login_timer: None,
+        });
+        let login = self.coarse(now + self.cfg.login_timeout);
+        let live = self.coarse(now + self.cfg.ping_interval);
+        let lt = self.timers.insert(login, TimerKind::Login { key, serial });
+        let pt = self.timers.insert(live, TimerKind::Live { key, serial });
+        let s = &mut self.sessions[key];
+        s.login_timer = Some(lt);
+        s.live_timer = Some(pt);
+        self.stats.accepted += 1;
+        key
+    }
+
+    /// Feeds bytes read from a connection.
+    pub fn feed(&mut self, key: usize, data: &[u8], now: Instant) {
+        let Some(s) = self.sessions.get_mut(key) else { return };
+        if s.is_closing() {
+            return;
+        }
+        s.last_rx = now;
+        let mut decoder = std::mem::take(&mut s.decoder);
+        let max_line = self.cfg.max_line;
+        decoder.feed(data, max_line, |frame| {
+            self.on_frame(key, frame, now);
+            match self.sessions.get(key) {
+                Some(s) if !s.is_closing() => Flow::Continue,
+                _ => Flow::Stop,
+            }
+        });
+        if let Some(s) = self.sessions.get_mut(key)
+            && !s.is_closing()
+        {
+            s.decoder = decoder;
+        }
+    }
+
+    /// Appends to a session's output, marking it dirty; a session pushed past
+    /// `max_queued` is listed for closing as a slow reader.
+    fn emit(&mut self, key: usize, f: impl FnOnce(&mut Vec<u8>)) {
+        let Some(s) = self.sessions.get_mut(key) else { return };
+        if s.is_closing() {
+            return;
+        }
+        f(s.out.tail());
+        if !s.dirty {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+        if s.out.len() > self.cfg.max_queued {
+            self.overflowed.push(key);
+        }
+    }
+
+    fn reply(&mut self, key: usize, r: Reply<'_>) {
+        self.emit(key, |out| r.encode(out));
+    }
+
+    fn error(&mut self, key: usize, code: ErrorCode, arg: &str) {
+        self.emit(key, |out| frames::encode_error(out, code, arg));
+    }
+
+    /// Closes sessions that overflowed their output queue.
+    fn reap_overflowed(&mut self, now: Instant) {
+        while let Some(key) = self.overflowed.pop() {
+            if self.sessions.get(key).is_some_and(|s| !s.is_closing()) {
+                self.stats.slow_reader_kills += 1;
+                warn!("conn {key}: output queue over {} bytes, disconnecting slow reader", self.cfg.max_queued);
+                self.close(key, CloseReason::SlowReader, now);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, key: usize, frame: Frame<'_>, now: Instant) {
+        match frame {
+            Frame::Line(line) => match frames::parse_request(line) {
+                Ok(req) => self.on_request(key, req, now),
+                Err(RequestError::UnknownVerb) => self.error(key, ErrorCode::UnknownCommand, ""),
+                Err(RequestError::BadArguments) => self.error(key, ErrorCode::BadArguments, ""),
+            },
+            Frame::TooLong => {
+                self.stats.too_long += 1;
+                let max = self.cfg.max_line.to_string();
+                self.error(key, ErrorCode::TooLong, &max);
+            }
+            Frame::BadUtf8 => self.error(key, ErrorCode::BadUtf8, ""),
+        }
+        self.reap_overflowed(now);
+    }
+
+    fn on_request(&mut self, key: usize, req: Request<'_>, now: Instant) {
+        let s = &mut self.sessions[key];
+        // Responses first: valid in any phase, never answered.
+        match req {
+            Request::Pong { seq } => {
+                if seq == s.ping_seq {
+                    s.ping_sent = None;
+                }
+                return;
+            }
+            Request::Ack { id } => return self.on_ack(key, id),
+            Request::Ping { token } => return self.reply(key, Reply::Pong { token }),
+            _ => {}
+        }
+        let account = match (&mut s.phase, &req) {
+            (Phase::Hello, Request::Hello { version }) | (Phase::Login, Request::Hello { version }) => {
+                if *version == PROTOCOL_VERSION {
+                    s.phase = Phase::Login;
+                    let software = self.software.clone();
+                    self.reply(key, Reply::Hello { version: PROTOCOL_VERSION, software: &software });
+                } else {
+                    self.error(key, ErrorCode::Version, &PROTOCOL_VERSION.to_string());
+                }
+                return;
+            }
+            (Phase::Hello, _) => return self.error(key, ErrorCode::HelloFirst, ""),
+            (Phase::Login, Request::Login { user, password, peer_port }) => {
+                return self.on_login(key, user, password, *peer_port, now);
+            }
+            (Phase::Login, _) => return self.error(key, ErrorCode::NotLoggedIn, ""),
+            (Phase::Active(_), Request::Hello { .. } | Request::Login { .. }) => {
+                return self.error(key, ErrorCode::AlreadyLoggedIn, "");
+            }
+            (Phase::Active(a), _) => {
+                a.last_activity = now;
+                a.account
+            }
+            (Phase::Closing, _) => return,
+        };
+        match req {
+            Request::Msg { to, text } => self.on_msg(key, account, to, text),
+            Request::Bcast { text } => self.on_bcast(key, account, text),
+            Request::WhoElse => self.on_whoelse(key, account, None, now),
+            Request::WhoElseSince { window } => self.on_whoelse(key, account, Some(window), now),
+            Request::Block { user } => self.on_block(key, account, user, true),
+            Request::Unblock { user } => self.on_block(key, account, user, false),
+            Request::Private { user } => self.on_private(key, account, user),
+            Request::Active => self.reply(key, Reply::Ok),
+            Request::Logout => {
+                self.reply(key, Reply::Bye);
+                self.close(key, CloseReason::Logout, now);
+            }
+            Request::Hello { .. } | Request::Login { .. } | Request::Ping { .. } | Request::Pong { .. } | Request::Ack { .. } => {}
+        }
+    }
+
+    fn on_login(&mut self, key: usize, user: &str, password: &str, peer_port: Option<u16>, now: Instant) {
+        let peer = self.sessions[key].peer;
+        let Some(&id) = self.by_name.get(user) else {
+            self.stats.failed_logins += 1;
+            info!("conn {key}: login failed from {} for unknown user {user:?}", peer.ip());
+            return self.error(key, ErrorCode::NoSuchUser, user);
+        };
+        let block_duration = self.cfg.block_duration;
+        let acct = &mut self.accounts[id as usize];
+        if acct.locked_until.is_some_and(|t| t > now) {
+            info!("conn {key}: login refused from {} for locked user {user}", peer.ip());
+            self.error(key, ErrorCode::Locked, "");
+            return self.close(key, CloseReason::LoginFailed, now);
+        }
+        if !ct_eq(acct.password.as_bytes(), password.as_bytes()) {
+            acct.failures += 1;
+            self.stats.failed_logins += 1;
+            info!("conn {key}: login failed from {} for user {user} (wrong password)", peer.ip());
+            if acct.failures >= 3 {
+                acct.failures = 0;
+                let until = now + block_duration;
+                acct.locked_until = Some(until);
+                self.stats.lockouts += 1;
+                warn!("user {user}: locked for {block_duration:?} after 3 failed logins (last from {})", peer.ip());
+                let at = self.coarse(until);
+                self.timers.insert(at, TimerKind::Lockout { account: id });
+                self.error(key, ErrorCode::LockedNow, "");
+                return self.close(key, CloseReason::LoginFailed, now);
+            }
+            let left = (3 - acct.failures).to_string();
+            return self.error(key, ErrorCode::BadPassword, &left);
+        }
+        acct.failures = 0;
+        if acct.session.is_some() {
+            info!("conn {key}: login refused from {} for user {user} (already online)", peer.ip());
+            self.error(key, ErrorCode::AlreadyOnline, "");
+            return self.close(key, CloseReason::LoginFailed, now);
+        }
+        // Success.
+        acct.session = Some(key);
+        acct.online_pos = self.online.len();
+        self.online.push(id);
+        self.stats.logins += 1;
+        info!("conn {key}: user {user} logged in from {}", peer.ip());
+        let idle_at = self.coarse(now + self.cfg.timeout);
+        let serial = self.sessions[key].serial;
+        let idle_timer = self.timers.insert(idle_at, TimerKind::Idle { key, serial });
+        let s = &mut self.sessions[key];
+        if let Some(t) = s.login_timer.take() {
+            self.timers.cancel(t);
+        }
+        s.phase = Phase::Active(ActiveState {
+            account: id,
+            last_activity: now,
+            peer_port,
+            inflight: VecDeque::new(),
+            idle_timer: Some(idle_timer),
+        });
+        self.reply(key, Reply::Welcome);
+        self.pump(id);
+        self.presence(id, true);
+    }
+
+    /// Tells every online user not blocked by `who` that `who` logged in or out.
+    fn presence(&mut self, who: AccountId, login: bool) {
+        let name = &self.accounts[who as usize].name;
+        let blocks = &self.accounts[who as usize].blocks;
+        let prefix: &[u8] = if login { b"*LOGIN " } else { b"*LOGOUT " };
+        for &other in &self.online {
+            if other == who || blocks.contains(&other) {
+                continue;
+            }
+            let Some(key) = self.accounts[other as usize].session else { continue };
+            let Some(s) = self.sessions.get_mut(key) else { continue };
+            if s.is_closing() {
+                continue;
+            }
+            let out = s.out.tail();
+            out.extend_from_slice(prefix);
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'\n');
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(key);
+            }
+            if s.out.len() > self.cfg.max_queued {
+                self.overflowed.push(key);
+            }
+        }
+    }
+
+    /// Sends queued mailbox messages to an online account while its window has room.
+    fn pump(&mut self, id: AccountId) {
+        let Some(key) = self.accounts[id as usize].session else { return };
+        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Phase::Active(a) = &mut s.phase else { return };
+        let mut sent = false;
+        while a.inflight.len() < self.cfg.ack_window {
+            let Some(m) = self.accounts[id as usize].mailbox.pop_front() else { break };
+            self.accounts[id as usize].mailbox_bytes -= m.text.len();
+            frames::encode_msg(s.out.tail(), m.id, &self.accounts[m.from as usize].name, &m.text);
+            a.inflight.push_back(m);
+            sent = true;
+        }
+        if sent && !s.dirty {
+            s.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    fn on_ack(&mut self, key: usize, id: u64) {
+        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Phase::Active(a) = &mut s.phase else { return };
+        while a.inflight.front().is_some_and(|m| m.id <= id) {
+            a.inflight.pop_front();
+        }
+        let account = a.account;
+        self.pump(account);
+    }
+
+    fn lookup(&mut self, key: usize, me: AccountId, user: &str) -> Option<AccountId> {
+        match self.by_name.get(user) {
+            None => {
+                self.error(key, ErrorCode::NoSuchUser, user);
+                None
+            }
+            Some(&id) if id == me => {
+                self.error(key, ErrorCode::SelfTarget, "");
+                None
+            }
+            Some(&id) => Some(id),
+        }
+    }
+
+    fn has_blocked(&self, who: AccountId, whom: AccountId) -> bool {
+        self.accounts[who as usize].blocks.contains(&whom)
+    }
+
+    fn on_msg(&mut self, key: usize, me: AccountId, to: &str, text: &str) {
+        let Some(target) = self.lookup(key, me, to) else { return };
+        if self.has_blocked(target, me) {
+            return self.error(key, ErrorCode::BlockedBy, to);
+        }
+        let t = &mut self.accounts[target as usize];
+        let online = t.session.is_some();
+        let window_open = match t.session.and_then(|k| self.sessions.get(k)) {
+            Some(Session { phase: Phase::Active(a), .. }) => a.inflight.len() < self.cfg.ack_window,
+            _ => false,
+        };
+        let id = self.next_msg_id;
+        if window_open && t.mailbox.is_empty() {
+            self.next_msg_id += 1;
+            let tkey = t.session.unwrap_or(usize::MAX);
+            let from = &self.accounts[me as usize].name;
+            if let Some(s) = self.sessions.get_mut(tkey)
+                && let Phase::Active(a) = &mut s.phase
+            {
+                frames::encode_msg(s.out.tail(), id, from, text);
+                a.inflight.push_back(Stored { id, from: me, text: text.into() });
+                if !s.dirty {
+                    s.dirty = true;
+                    self.dirty.push(tkey);
+                }
+                if s.out.len() > self.cfg.max_queued {
+                    self.overflowed.push(tkey);
+                }
+            }
+            self.stats.direct_delivered += 1;
+            return self.reply(key, Reply::Sent { to, stored: false });
+        }
+        if t.mailbox.len() >= self.cfg.mailbox_max_messages || t.mailbox_bytes + text.len() > self.cfg.mailbox_max_bytes {
+            self.stats.mailbox_full += 1;
+            return self.error(key, ErrorCode::MailboxFull, to);
+        }
+        self.next_msg_id += 1;
+        t.mailbox_bytes += text.len();
+        t.mailbox.push_back(Stored { id, from: me, text: text.into() });
+        self.stats.stored += 1;
+        self.reply(key, Reply::Sent { to, stored: !online });
+        if online {
+            self.pump(target);
+        }
+    }
+
+    fn on_bcast(&mut self, key: usize, me: AccountId, text: &str) {
+        // Encode once, copy to every recipient.
+        let mut line = Vec::with_capacity(text.len() + 32);
+        Push::Bcast { from: &self.accounts[me as usize].name, text }.encode(&mut line);
+        let (mut delivered, mut blocked) = (0u32, 0u32);
+        for &other in &self.online {
+            if other == me {
+                continue;
+            }
+            if self.accounts[other as usize].blocks.contains(&me) {
+                blocked += 1;
+                continue;
+            }
+            let Some(k) = self.accounts[other as usize].session else { continue };
+            let Some(s) = self.sessions.get_mut(k) else { continue };
+            if s.is_closing() {
+                continue;
+            }
+            s.out.tail().extend_from_slice(&line);
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(k);
+            }
+            if s.out.len() > self.cfg.max_queued {
+                self.overflowed.push(k);
+            }
+            delivered += 1;
+        }
+        self.stats.broadcast_deliveries += u64::from(delivered);
+        self.reply(key, Reply::Bcast { delivered, blocked });
+    }
+
+    fn on_whoelse(&mut self, key: usize, me: AccountId, window: Option<Duration>, now: Instant) {
+        let since = window.map(|w| now.checked_sub(w));
+        let mut names: Vec<&str> = self
+            .accounts
+            .iter()
+            .enumerate()
+            .filter(|&(i, a)| {
+                let i = i as AccountId;
+                if i == me || a.blocks.contains(&me) {
+                    return false;
+                }
+                if a.session.is_some() {
+                    return true;
+                }
+                match (since, a.last_logout) {
+                    (Some(Some(start)), Some(out)) => out >= start,
+                    // The window reaches back before the server's history: everyone seen.
+                    (Some(None), Some(_)) => true,
+                    _ => false,
+                }
+            })
+            .map(|(_, a)| &*a.name)
+            .collect();
+        names.sort_unstable();
+        let mut line = Vec::new();
+        frames::encode_list(&mut line, "+USERS", names);
+        self.emit(key, |out| out.extend_from_slice(&line));
+    }
+
+    fn on_block(&mut self, key: usize, me: AccountId, user: &str, block: bool) {
+        let Some(target) = self.lookup(key, me, user) else { return };
+        let blocks = &mut self.accounts[me as usize].blocks;
+        if block {
+            blocks.insert(target);
+            self.reply(key, Reply::Blocked { user });
+        } else if blocks.remove(&target) {
+            self.reply(key, Reply::Unblocked { user });
+        } else {
+            self.error(key, ErrorCode::NotBlocked, user);
+        }
+    }
+
+    fn new_token(&mut self) -> String {
+        // SipHash keyed by the process's random `RandomState` keys over a counter:
+        // unpredictable to peers, unique per introduction.
+        let mut out = String::with_capacity(32);
+        for _ in 0..2 {
+            self.token_counter += 1;
+            let mut h = self.token_keys.build_hasher();
+            h.write_u64(self.token_counter);
+            out.push_str(&format!("{:016x}", h.finish()));
+        }
+        out
+    }
+
+    fn on_private(&mut self, key: usize, me: AccountId, user: &str) {
+        let Some(target) = self.lookup(key, me, user) else { return };
+        if self.has_blocked(target, me) {
+            return self.error(key, ErrorCode::BlockedBy, user);
+        }
+        let Some(tkey) = self.accounts[target as usize].session else {
+            return self.error(key, ErrorCode::Offline, user);
+        };
+        let (ip, port) = match self.sessions.get(tkey) {
+            Some(Session { phase: Phase::Active(a), peer, .. }) => (peer.ip(), a.peer_port),
+            _ => return self.error(key, ErrorCode::Offline, user),
+        };
+        let Some(port) = port else {
+            return self.error(key, ErrorCode::NoPeer, user);
+        };
+        let token = self.new_token();
+        let me_name = self.accounts[me as usize].name.clone();
+        self.emit(tkey, |out| Push::Expect { user: &me_name, token: &token }.encode(out));
+        self.reply(key, Reply::Peer { user, addr: SocketAddr::new(ip, port), token: &token });
+    }
+
+    /// Ends a session: the one close path. Safe to call twice.
+    pub fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
+        let Some(s) = self.sessions.get_mut(key) else { return };
+        if s.is_closing() {
+            return;
+        }
+        for t in [s.login_timer.take(), s.live_timer.take()].into_iter().flatten() {
+            self.timers.cancel(t);
+        }
+        if reason == CloseReason::SlowReader {
+            // Nothing more will be read by it; what was queued as direct messages is
+            // still in the in-flight window and goes back to the mailbox below.
+            s.out.clear();
+        }
+        let phase = std::mem::replace(&mut s.phase, Phase::Closing);
+        s.decoder = LineDecoder::default();
+        self.closing.push(key);
+        self.mark_dirty(key);
+        self.stats.closed += 1;
+        if let Phase::Active(a) = phase {
+            if let Some(t) = a.idle_timer {
+                self.timers.cancel(t);
+            }
+            let acct = &mut self.accounts[a.account as usize];
+            info!("conn {key}: user {} logged out ({reason:?})", acct.name);
+            acct.session = None;
+            acct.last_logout = Some(now);
+            for m in a.inflight.into_iter().rev() {
+                acct.mailbox_bytes += m.text.len();
+                acct.mailbox.push_front(m);
+            }
+            let pos = acct.online_pos;
+            self.online.swap_remove(pos);
+            if let Some(&moved) = self.online.get(pos) {
+                self.accounts[moved as usize].online_pos = pos;
+            }
+            self.presence(a.account, false);
+        }
+    }
+
+    /// Fires due timers.
+    pub fn expire(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        self.timers.expire(now, |t| due.push(t));
+        for t in due {
+            self.on_timer(t, now);
+        }
+        self.reap_overflowed(now);
+    }
+
+    fn session_if(&mut self, key: usize, serial: u64) -> Option<&mut Session<S>> {
+        self.sessions.get_mut(key).filter(|s| s.serial == serial && !s.is_closing())
+    }
+
+    fn on_timer(&mut self, t: TimerKind, now: Instant) {
+        match t {
+            TimerKind::Lockout { account } => {
+                let a = &mut self.accounts[account as usize];
+                if a.locked_until.is_some_and(|u| u <= now) {
+                    a.locked_until = None;
+                    a.failures = 0;
+                }
+            }
+            TimerKind::Login { key, serial } => {
+                let Some(s) = self.session_if(key, serial) else { return };
+                s.login_timer = None;
+                if matches!(s.phase, Phase::Hello | Phase::Login) {
+                    self.stats.login_timeouts += 1;
+                    info!("conn {key}: no login within {:?}, closing", self.cfg.login_timeout);
+                    self.emit(key, |out| Push::Bye { reason: ByeReason::LoginTimeout.as_str() }.encode(out));
+                    self.close(key, CloseReason::LoginTimeout, now);
+                }
+            }
+            TimerKind::Idle { key, serial } => {
+                let timeout = self.cfg.timeout;
+                let Some(s) = self.session_if(key, serial) else { return };
+                let Phase::Active(a) = &mut s.phase else { return };
+                a.idle_timer = None;
+                let deadline = a.last_activity + timeout;
+                if deadline <= now {
+                    self.stats.idle_logouts += 1;
+                    self.emit(key, |out| Push::Timeout.encode(out));
+                    self.close(key, CloseReason::Idle, now);
+                } else {
+                    let at = self.coarse(deadline);
+                    let h = self.timers.insert(at, TimerKind::Idle { key, serial });
+                    if let Some(Session { phase: Phase::Active(a), .. }) = self.sessions.get_mut(key) {
+                        a.idle_timer = Some(h);
+                    }
+                }
+            }
+            TimerKind::Live { key, serial } => {
+                let (interval, grace) = (self.cfg.ping_interval, self.cfg.ping_timeout);
+                let Some(s) = self.session_if(key, serial) else { return };
+                s.live_timer = None;
+                s.shrink();
+                if let Some(sent) = s.ping_sent {
+                    if s.last_rx <= sent {
+                        self.stats.dead_peer_kills += 1;
+                        info!("conn {key}: no answer to ping within {grace:?}, closing");
+                        return self.close(key, CloseReason::NoPong, now);
+                    }
+                    s.ping_sent = None;
+                }
+                let next = if now.saturating_duration_since(s.last_rx) >= interval {
+                    s.ping_seq += 1;
+                    s.ping_sent = Some(now);
+                    let seq = s.ping_seq;
+                    self.emit(key, |out| Push::Ping { seq }.encode(out));
+                    now + grace
+                } else {
+                    s.last_rx + interval
+                };
+                let at = self.coarse(next);
+                let h = self.timers.insert(at, TimerKind::Live { key, serial });
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.live_timer = Some(h);
+                }
+            }
+        }
+    }
+
+    /// Tells every connection the server is going away and closes them all.
+    pub fn shutdown(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.emit(key, |out| Push::Bye { reason: ByeReason::Shutdown.as_str() }.encode(out));
+            self.close(key, CloseReason::Shutdown, now);
+        }
+    }
+}

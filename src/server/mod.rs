@@ -1,0 +1,14 @@
+//! `natterd`: the server.
+//!
+//! - [`event_loop`]: one thread, one `mio::Poll`, every socket in the hub's slab;
+//! - [`hub`]: the chat state and rules, fed bytes and time, socket-free;
+//! - [`timer`]: the hashed timer wheel behind every deadline;
+//! - [`accounts`]: loading `credentials.txt`.
+
+pub mod accounts;
+pub mod event_loop;
+pub mod hub;
+pub mod timer;
+
+pub use event_loop::{Config, RunError, run};
+pub use hub::{Hub, HubConfig};
