@@ -1,1 +1,50 @@
-fn main(){}
+//! `natter [SERVER_IP] [SERVER_PORT] [options]`: the natter terminal client.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::Parser;
+use natter::client::{self, ClientConfig};
+
+/// The natter terminal client.
+#[derive(Parser, Debug)]
+#[command(name = "natter", version, about, after_help = "The password may also come from the NATTER_PASSWORD environment variable.")]
+struct Args {
+    /// Server address.
+    #[arg(default_value = "127.0.0.1")]
+    server_ip: IpAddr,
+    /// Server port.
+    #[arg(default_value_t = 4000)]
+    server_port: u16,
+    /// Log in as this user (skips the username prompt).
+    #[arg(long)]
+    user: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            eprintln!("natter: {}", text.lines().next().unwrap_or("invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    natter::logging::init("natter", 0);
+    let cfg = ClientConfig {
+        server: SocketAddr::new(args.server_ip, args.server_port),
+        user: args.user,
+        password: std::env::var("NATTER_PASSWORD").ok(),
+    };
+    match client::run(cfg) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("natter: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Every string the client shows, in one place: the contract of
+//! `../shared/spec/behaviour.md` plus the few additions documented in
+//! `docs/protocol.md` ("Client strings").
+
+use crate::protocol::frames::ErrorCode;
+
+pub const WELCOME: &str = "Welcome to the greatest messaging application ever!";
+pub const INVALID_USERNAME: &str = "Invalid Username. Please try again";
+pub const INVALID_PASSWORD: &str = "Invalid Password. Please try again";
+pub const LOCKED_NOW: &str = "Invalid Password. Your account has been blocked. Please try again later";
+pub const LOCKED: &str = "Your account is blocked due to multiple login failures. Please try again later";
+pub const ALREADY_ONLINE: &str = "This account is already logged in";
+pub const INVALID_COMMAND: &str = "Error. Invalid command";
+pub const INVALID_USER: &str = "Error. Invalid user";
+pub const MESSAGE_SELF: &str = "Error. Cannot message self";
+pub const MESSAGE_BLOCKED: &str = "Your message could not be delivered as the recipient has blocked you";
+pub const BROADCAST_BLOCKED: &str = "Your message could not be delivered to some recipients";
+pub const BLOCK_SELF: &str = "Error. Cannot block self";
+pub const UNBLOCK_SELF: &str = "Error. Cannot unblock self";
+pub const PRIVATE_SELF: &str = "Error. Cannot start private messaging with self";
+pub const TIMED_OUT: &str = "You have been logged out due to inactivity";
+pub const USERNAME_PROMPT: &str = "Username: ";
+pub const PASSWORD_PROMPT: &str = "Password: ";
+pub const PROMPT: &str = "> ";
+
+pub fn chat_line(from: &str, text: &str) -> String {
+    format!("{from}: {text}")
+}
+pub fn private_line(from: &str, text: &str) -> String {
+    format!("{from}(private): {text}")
+}
+pub fn logged_in(user: &str) -> String {
+    format!("{user} logged in")
+}
+pub fn logged_out(user: &str) -> String {
+    format!("{user} logged out")
+}
+pub fn blocked(user: &str) -> String {
+    format!("{user} is blocked")
+}
+pub fn unblocked(user: &str) -> String {
+    format!("{user} is unblocked")
+}
+pub fn not_blocked(user: &str) -> String {
+    format!("Error. {user} was not blocked")
+}
+pub fn has_blocked_you(user: &str) -> String {
+    format!("Error. {user} has blocked you")
+}
+pub fn offline(user: &str) -> String {
+    format!("Error. {user} is offline")
+}
+pub fn private_started(user: &str) -> String {
+    format!("Start private messaging with {user}")
+}
+pub fn private_stopped(user: &str) -> String {
+    format!("Stop private messaging with {user}")
+}
+pub fn peer_stopped(user: &str) -> String {
+    format!("{user} stopped private messaging")
+}
+pub fn private_not_enabled(user: &str) -> String {
+    format!("Error. Private messaging to {user} not enabled")
+}
+pub fn no_longer_online(user: &str) -> String {
+    format!("Error. {user} is no longer online")
+}
+/// Not in the classic contract: documented in docs/protocol.md.
+pub fn mailbox_full(user: &str) -> String {
+    format!("Error. {user}'s mailbox is full, message not delivered")
+}
+pub fn private_unreachable(user: &str) -> String {
+    format!("Error. Cannot connect to {user} for private messaging")
+}
+pub fn too_long(limit: &str) -> String {
+    format!("Error. Line too long (limit {limit} bytes)")
+}
+pub const RATE_LIMITED: &str = "Error. You are sending too fast; slow down";
+pub const SERVER_LOST: &str = "Connection to the server lost";
+
+/// What `*BYE <reason>` shows.
+pub fn bye(reason: &str) -> String {
+    match reason {
+        "shutdown" => "The server is shutting down".to_string(),
+        "slow-reader" => "Disconnected by the server: not reading fast enough".to_string(),
+        "login-timeout" => "Disconnected by the server: login took too long".to_string(),
+        "removed" => "Your account has been removed".to_string(),
+        other => format!("Disconnected by the server: {other}"),
+    }
+}
+
+/// The request a reply answers, which decides how an error code reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    Hello,
+    Login,
+    Message,
+    Broadcast,
+    Who,
+    Block,
+    Unblock,
+    Private(String),
+    Active,
+    Logout,
+}
+
+/// The line for an error reply to `pending` (None: not shown).
+pub fn error_line(pending: &Pending, code: ErrorCode, arg: &str) -> String {
+    use ErrorCode::*;
+    match (pending, code) {
+        (_, UnknownCommand | BadArguments) => INVALID_COMMAND.to_string(),
+        (_, TooLong) => too_long(arg),
+        (_, RateLimited) => RATE_LIMITED.to_string(),
+        (_, NoSuchUser) => INVALID_USER.to_string(),
+        (Pending::Message, SelfTarget) => MESSAGE_SELF.to_string(),
+        (Pending::Block, SelfTarget) => BLOCK_SELF.to_string(),
+        (Pending::Unblock, SelfTarget) => UNBLOCK_SELF.to_string(),
+        (Pending::Private(_), SelfTarget) => PRIVATE_SELF.to_string(),
+        (Pending::Message, BlockedBy) => MESSAGE_BLOCKED.to_string(),
+        (_, BlockedBy) => has_blocked_you(arg),
+        (_, NotBlocked) => not_blocked(arg),
+        (_, Offline) => offline(arg),
+        (Pending::Private(user), NoPeer) => private_unreachable(user),
+        (_, MailboxFull) => mailbox_full(arg),
+        (_, other) => format!("Error. {}", other.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_strings_depend_on_the_request() {
+        assert_eq!(error_line(&Pending::Message, ErrorCode::SelfTarget, ""), "Error. Cannot message self");
+        assert_eq!(error_line(&Pending::Block, ErrorCode::SelfTarget, ""), "Error. Cannot block self");
+        assert_eq!(error_line(&Pending::Unblock, ErrorCode::SelfTarget, ""), "Error. Cannot unblock self");
+        assert_eq!(
+            error_line(&Pending::Private("x".into()), ErrorCode::SelfTarget, ""),
+            "Error. Cannot start private messaging with self"
+        );
+        assert_eq!(
+            error_line(&Pending::Message, ErrorCode::BlockedBy, "bob"),
+            "Your message could not be delivered as the recipient has blocked you"
+        );
+        assert_eq!(error_line(&Pending::Private("bob".into()), ErrorCode::BlockedBy, "bob"), "Error. bob has blocked you");
+        assert_eq!(error_line(&Pending::Unblock, ErrorCode::NotBlocked, "bob"), "Error. bob was not blocked");
+        assert_eq!(error_line(&Pending::Message, ErrorCode::NoSuchUser, "zed"), "Error. Invalid user");
+        assert_eq!(error_line(&Pending::Who, ErrorCode::BadArguments, ""), "Error. Invalid command");
+    }
+}
