@@ -88,7 +88,13 @@ impl<T> TimerWheel<T> {
         let e = &mut self.entries[key as usize];
         e.due = due;
         e.pos = pos;
-        self.earliest_hint = Some(self.earliest_hint.map_or(due, |h| h.min(due)));
+        // A known lower bound stays one; an unknown one stays unknown (unless this is
+        // the only timer), or a later insert could hide an earlier armed timer.
+        self.earliest_hint = match self.earliest_hint {
+            Some(h) => Some(h.min(due)),
+            None if self.entries.len() == 1 => Some(due),
+            None => None,
+        };
     }
 
     fn unplace(&mut self, key: u32) {
@@ -295,6 +301,18 @@ mod tests {
         assert_eq!(w.next_deadline(), Some(t0 + 500 * MS));
         w.cancel(far);
         assert_eq!(w.next_deadline(), None);
+    }
+
+    #[test]
+    fn regression_insert_after_expiry_does_not_hide_an_earlier_timer() {
+        let t0 = Instant::now();
+        let mut w = wheel(t0);
+        w.insert(t0 + 10 * MS, 1);
+        w.insert(t0 + 30 * MS, 2);
+        assert_eq!(fired(&mut w, t0 + 10 * MS), [1]);
+        // The earliest is now unknown; a later timer must not become the answer.
+        w.insert(t0 + 70 * MS, 3);
+        assert_eq!(w.next_deadline(), Some(t0 + 30 * MS));
     }
 
     #[test]

@@ -1,0 +1,346 @@
+//! Helpers for the end-to-end tests: start the real `natterd` on port 0, talk to it
+//! over real TCP (raw protocol) or through real `natter` processes.
+//!
+//! Every wait is a wait for a condition with a deadline of a few seconds; nothing
+//! sleeps for a fixed time to "let things settle".
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// How long any single expectation may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub const CREDENTIALS: &str = "hans falcon*solo\nyoda wise@!man\nvader sithlord**\nr2d2 do*!bips\nc3po droid#gold\nluke jedi*knight\nleia princess$1\n";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh scratch directory under the target dir.
+pub fn scratch_dir() -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("natter-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `natterd` with the standard test credentials and `args` (positionals first).
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_with(CREDENTIALS, args)
+    }
+
+    pub fn start_with(credentials: &str, args: &[&str]) -> Server {
+        let dir = scratch_dir();
+        let creds = dir.join("credentials.txt");
+        std::fs::write(&creds, credentials).expect("write credentials");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natterd"));
+        cmd.args(args)
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--credentials")
+            .arg(&creds)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn natterd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        let addr = line
+            .strip_prefix("natterd listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        Server { child, addr, dir }
+    }
+
+    pub fn port(&self) -> String {
+        self.addr.port().to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn raw(&self) -> Raw {
+        Raw::connect(self.addr)
+    }
+
+    /// A raw connection that has done the handshake and logged in.
+    pub fn login(&self, user: &str, password: &str) -> Raw {
+        let mut c = self.raw();
+        c.send("HELLO 1");
+        c.expect_prefix("+HELLO 1 ");
+        c.send(&format!("LOGIN {user} {password}"));
+        c.expect("+WELCOME");
+        c
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A raw protocol connection.
+pub struct Raw {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).ok();
+        Raw { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.stream.write_all(line.as_bytes()).expect("send");
+        self.stream.write_all(b"\n").expect("send newline");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send bytes");
+    }
+
+    /// The next line, or None at EOF; panics after `WAIT`.
+    pub fn next_line_within(&mut self, wait: Duration) -> Result<Option<String>, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Ok(Some(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("no line within {wait:?} (partial: {:?})", String::from_utf8_lossy(&self.buf)));
+            }
+            self.stream.set_read_timeout(Some(left)).ok();
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
+                Err(e) => return Err(format!("read error: {e}")),
+            }
+        }
+    }
+
+    pub fn next_line(&mut self) -> String {
+        match self.next_line_within(WAIT) {
+            Ok(Some(l)) => l,
+            Ok(None) => panic!("connection closed while waiting for a line"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Skips liveness pings (answering them) and returns the next other line.
+    pub fn next_frame(&mut self) -> String {
+        loop {
+            let l = self.next_line();
+            if let Some(seq) = l.strip_prefix("*PING ") {
+                self.send(&format!("PONG {seq}"));
+                continue;
+            }
+            return l;
+        }
+    }
+
+    pub fn expect(&mut self, want: &str) {
+        let got = self.next_frame();
+        assert_eq!(got, want);
+    }
+
+    pub fn expect_prefix(&mut self, prefix: &str) -> String {
+        let got = self.next_frame();
+        assert!(got.starts_with(prefix), "expected {prefix:?}..., got {got:?}");
+        got
+    }
+
+    /// Expects a direct message push with this sender and text; returns its id (and acks it).
+    pub fn expect_msg(&mut self, from: &str, text: &str) -> u64 {
+        let got = self.next_frame();
+        let rest = got.strip_prefix("*MSG ").unwrap_or_else(|| panic!("expected *MSG, got {got:?}"));
+        let (id, body) = rest.split_once(' ').expect("id");
+        assert_eq!(body, format!("{from} {text}"), "in {got:?}");
+        let id: u64 = id.parse().expect("numeric id");
+        self.send(&format!("ACK {id}"));
+        id
+    }
+
+    /// Waits for the server to close the connection, returning the lines seen first.
+    pub fn expect_closed(&mut self) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.next_line_within(WAIT) {
+                Ok(None) => return seen,
+                Ok(Some(l)) => seen.push(l),
+                Err(e) => panic!("connection not closed: {e}; saw {seen:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and returns the next frame (its reply, unless a push came first).
+    pub fn request(&mut self, line: &str) -> String {
+        self.send(line);
+        self.next_frame()
+    }
+}
+
+/// A real `natter` client process with piped stdin and stdout.
+pub struct Cli {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+}
+
+impl Cli {
+    pub fn start(server: &Server, args: &[&str], password_env: Option<&str>) -> Cli {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
+        cmd.arg("127.0.0.1").arg(server.port()).args(args);
+        match password_env {
+            Some(p) => cmd.env("NATTER_PASSWORD", p),
+            None => cmd.env_remove("NATTER_PASSWORD"),
+        };
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn natter");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Cli { child, stdin, lines: rx }
+    }
+
+    /// Starts a client and logs in through the prompts (username and password on stdin).
+    pub fn login(server: &Server, user: &str, password: &str) -> Cli {
+        let mut c = Cli::start(server, &[], None);
+        c.type_line(user);
+        c.type_line(password);
+        c.expect("Welcome to the greatest messaging application ever!");
+        c
+    }
+
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).expect("write stdin");
+        stdin.write_all(b"\n").expect("write stdin");
+        stdin.flush().ok();
+    }
+
+    /// Closes stdin (end of input).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    pub fn next_line(&mut self) -> Option<String> {
+        match self.lines.recv_timeout(WAIT) {
+            Ok(l) => Some(l),
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => panic!("natter printed nothing within {WAIT:?}"),
+        }
+    }
+
+    pub fn expect(&mut self, want: &str) {
+        let got = self.next_line();
+        assert_eq!(got.as_deref(), Some(want));
+    }
+
+    /// Expects these lines in any order (for output whose order the contract leaves open).
+    pub fn expect_set(&mut self, want: &[&str]) {
+        let mut got: Vec<String> = (0..want.len()).map(|_| self.next_line().unwrap_or_default()).collect();
+        got.sort();
+        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    /// Waits for the process to exit and for its output to end; returns the exit code
+    /// and any lines printed that were not consumed yet.
+    pub fn expect_exit(&mut self) -> (i32, Vec<String>) {
+        let mut rest = Vec::new();
+        while let Some(l) = self.next_line() {
+            rest.push(l);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return (status.code().unwrap_or(-1), rest);
+            }
+            assert!(Instant::now() < deadline, "natter did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+    }
+}
+
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds or `WAIT` passes.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Raw {
+    /// Asserts that nothing was queued for this connection before now: a `PING` round
+    /// trip is answered in order, so anything pushed earlier would arrive first.
+    pub fn expect_nothing_pending(&mut self) {
+        self.send("PING marker");
+        self.expect("+PONG marker");
+    }
+}
+
+impl Raw {
+    /// Expects a frame starting with one of `prefixes`.
+    pub fn expect_prefix_any(&mut self, prefixes: &[&str]) -> String {
+        let got = self.next_frame();
+        assert!(prefixes.iter().any(|p| got.starts_with(p)), "expected one of {prefixes:?}, got {got:?}");
+        got
+    }
+}
