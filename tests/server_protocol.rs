@@ -82,7 +82,10 @@ fn three_failures_lock_the_username_from_any_address_until_block_duration() {
         outcome = attempt(&s, "yoda", "wise@!man");
         outcome == ["+WELCOME"]
     });
-    assert!(locked_at.elapsed() >= Duration::from_secs(1), "lockout lifted early");
+    assert!(
+        locked_at.elapsed() >= Duration::from_secs(1),
+        "lockout lifted early"
+    );
 }
 
 #[test]
@@ -92,7 +95,9 @@ fn lockout_counts_reset_after_expiry() {
         attempt(&s, "luke", pw);
     }
     assert_eq!(attempt(&s, "luke", "c"), ["-LOCKED_NOW"]);
-    wait_until("lockout expiry", || attempt(&s, "luke", "wrong") != ["-LOCKED"]);
+    wait_until("lockout expiry", || {
+        attempt(&s, "luke", "wrong") != ["-LOCKED"]
+    });
     // That probe was the first failure of a fresh count.
     assert_eq!(attempt(&s, "luke", "wrong"), ["-BAD_PASSWORD 1"]);
 }
@@ -111,7 +116,10 @@ fn messages_online_offline_and_errors() {
     assert_eq!(hans.request("NONSENSE"), "-UNKNOWN_COMMAND");
     // Offline: stored, delivered at next login, oldest first, after the welcome.
     for i in 0..5 {
-        assert_eq!(hans.request(&format!("MSG vader stored {i}")), "+STORED vader");
+        assert_eq!(
+            hans.request(&format!("MSG vader stored {i}")),
+            "+STORED vader"
+        );
     }
     assert_eq!(yoda.request("MSG vader from yoda"), "+STORED vader");
     let mut vader = s.raw();
@@ -196,7 +204,9 @@ fn whoelse_and_whoelsesince() {
     // A window longer than the server's life covers everyone it has seen.
     assert_eq!(hans.request("WHOELSESINCE 100000h"), "+USERS leia luke");
     // Outside the window: leia drops out once the window is shorter than her absence.
-    wait_until("leia's logout to age past 1s", || hans.request("WHOELSESINCE 1") == "+USERS luke");
+    wait_until("leia's logout to age past 1s", || {
+        hans.request("WHOELSESINCE 1") == "+USERS luke"
+    });
     assert_eq!(hans.request("WHOELSESINCE soon"), "-BAD_ARGUMENTS");
 }
 
@@ -250,12 +260,23 @@ fn regression_megabytes_without_newline_hold_no_memory() {
     a.send_bytes(b"\n");
     a.expect("-TOO_LONG 8192");
     let grown = s.rss_kib().saturating_sub(rss_before);
-    assert!(grown < 4 * 1024, "RSS grew by {grown} KiB for 32 MiB of unterminated input");
+    assert!(
+        grown < 4 * 1024,
+        "RSS grew by {grown} KiB for 32 MiB of unterminated input"
+    );
 }
 
 #[test]
 fn inactivity_timeout_ignores_incoming_messages_and_pings() {
-    let s = Server::start(&["0", "60", "2", "--ping-interval", "1", "--ping-timeout", "5"]);
+    let s = Server::start(&[
+        "0",
+        "60",
+        "2",
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "5",
+    ]);
     let mut idle = s.login("hans", "falcon*solo");
     let mut busy = s.login("yoda", "wise@!man");
     idle.expect("*LOGIN yoda");
@@ -265,7 +286,10 @@ fn inactivity_timeout_ignores_incoming_messages_and_pings() {
     let (mut pings, mut received, mut sent) = (0, 0, 0);
     let mut timed_out = false;
     while !timed_out {
-        assert!(last_command.elapsed() < Duration::from_secs(6), "no timeout");
+        assert!(
+            last_command.elapsed() < Duration::from_secs(6),
+            "no timeout"
+        );
         let reply = busy.request(&format!("MSG hans tick {sent}"));
         if reply == "+SENT hans" {
             sent += 1;
@@ -286,8 +310,14 @@ fn inactivity_timeout_ignores_incoming_messages_and_pings() {
             }
         }
     }
-    assert!(last_command.elapsed() >= Duration::from_secs(2), "timed out early");
-    assert!(received >= 3 && received <= sent, "received {received} of {sent}");
+    assert!(
+        last_command.elapsed() >= Duration::from_secs(2),
+        "timed out early"
+    );
+    assert!(
+        received >= 3 && received <= sent,
+        "received {received} of {sent}"
+    );
     let _ = pings;
     assert!(idle.expect_closed().is_empty());
     // The busy user, who kept issuing commands, is still logged in and sees the logout.
@@ -303,7 +333,15 @@ fn inactivity_timeout_ignores_incoming_messages_and_pings() {
 
 #[test]
 fn answering_liveness_pings_is_not_activity() {
-    let s = Server::start(&["0", "60", "2", "--ping-interval", "1", "--ping-timeout", "5"]);
+    let s = Server::start(&[
+        "0",
+        "60",
+        "2",
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "5",
+    ]);
     let mut c = s.login("hans", "falcon*solo");
     let start = Instant::now();
     let mut pings = 0;
@@ -323,7 +361,15 @@ fn answering_liveness_pings_is_not_activity() {
 
 #[test]
 fn dead_connections_are_dropped_by_the_liveness_check_and_messages_kept() {
-    let s = Server::start(&["0", "60", "600", "--ping-interval", "1", "--ping-timeout", "1"]);
+    let s = Server::start(&[
+        "0",
+        "60",
+        "600",
+        "--ping-interval",
+        "1",
+        "--ping-timeout",
+        "1",
+    ]);
     let mut mute = s.login("hans", "falcon*solo");
     let mut other = s.login("yoda", "wise@!man");
     // `mute` never answers pings (nor reads): it is dropped and its user logged out.
@@ -354,7 +400,10 @@ fn connection_limit_pauses_accepting_and_resumes() {
     // The third waits in the kernel's backlog, unanswered.
     let mut c = s.raw();
     c.send("HELLO 1");
-    assert!(c.next_line_within(Duration::from_millis(300)).is_err(), "accepted past the limit");
+    assert!(
+        c.next_line_within(Duration::from_millis(300)).is_err(),
+        "accepted past the limit"
+    );
     drop(a);
     assert!(c.next_frame().starts_with("+HELLO"));
     b.expect_nothing_pending();
@@ -367,7 +416,10 @@ fn slow_reader_is_disconnected_and_its_direct_messages_kept() {
     let reader = s.login("yoda", "wise@!man");
     sender.expect("*LOGIN yoda");
     for i in 0..100 {
-        assert_eq!(sender.request(&format!("MSG yoda direct {i}")), "+SENT yoda");
+        assert_eq!(
+            sender.request(&format!("MSG yoda direct {i}")),
+            "+SENT yoda"
+        );
     }
     // Flood broadcasts at the reader, which never reads, until the server gives up on it.
     let big = format!("BCAST {}", "b".repeat(8000));
@@ -429,7 +481,14 @@ fn mailbox_cap_refuses_with_an_error_and_keeps_what_was_stored() {
 #[test]
 fn regression_clients_closing_during_broadcast_fanout() {
     let s = Server::start(&["0"]);
-    let users = [("yoda", "wise@!man"), ("vader", "sithlord**"), ("r2d2", "do*!bips"), ("c3po", "droid#gold"), ("luke", "jedi*knight"), ("leia", "princess$1")];
+    let users = [
+        ("yoda", "wise@!man"),
+        ("vader", "sithlord**"),
+        ("r2d2", "do*!bips"),
+        ("c3po", "droid#gold"),
+        ("luke", "jedi*knight"),
+        ("leia", "princess$1"),
+    ];
     let mut sender = s.login("hans", "falcon*solo");
     let mut conns: Vec<Raw> = users.iter().map(|(u, p)| s.login(u, p)).collect();
     // Half of them vanish abruptly (with unread presence lines pending, the kernel
@@ -461,7 +520,10 @@ fn regression_clients_closing_during_broadcast_fanout() {
             break l;
         }
     };
-    assert!(got.starts_with("*MSG ") && got.ends_with(" hans after the storm"), "{got}");
+    assert!(
+        got.starts_with("*MSG ") && got.ends_with(" hans after the storm"),
+        "{got}"
+    );
 }
 
 #[test]
@@ -476,11 +538,27 @@ fn credentials_errors_stop_the_server_with_file_and_line() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(err.trim(), format!("natterd: {}:2: expected `username password`, found 1 field", path.display()));
+    assert_eq!(
+        err.trim(),
+        format!(
+            "natterd: {}:2: expected `username password`, found 1 field",
+            path.display()
+        )
+    );
     std::fs::write(&path, "alice pw\nalice pw2\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natterd")).args(["0", "--credentials"]).arg(&path).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains(":2: duplicate username `alice` (first defined on line 1)"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natterd")).args(["70000"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natterd"))
+        .args(["0", "--credentials"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(":2: duplicate username `alice` (first defined on line 1)")
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natterd"))
+        .args(["70000"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }

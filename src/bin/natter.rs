@@ -8,7 +8,12 @@ use natter::client::{self, ClientConfig};
 
 /// The natter terminal client.
 #[derive(Parser, Debug)]
-#[command(name = "natter", version, about, after_help = "The password may also come from the NATTER_PASSWORD environment variable.")]
+#[command(
+    name = "natter",
+    version,
+    about,
+    after_help = "The password may also come from the NATTER_PASSWORD environment variable."
+)]
 struct Args {
     /// Server address.
     #[arg(default_value = "127.0.0.1")]
@@ -30,7 +35,10 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let text = e.render().to_string();
-            eprintln!("natter: {}", text.lines().next().unwrap_or("invalid arguments"));
+            eprintln!(
+                "natter: {}",
+                text.lines().next().unwrap_or("invalid arguments")
+            );
             return ExitCode::from(2);
         }
     };

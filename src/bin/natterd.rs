@@ -69,13 +69,18 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let text = e.render().to_string();
-            eprintln!("natterd: {}", text.lines().next().unwrap_or("invalid arguments"));
+            eprintln!(
+                "natterd: {}",
+                text.lines().next().unwrap_or("invalid arguments")
+            );
             return ExitCode::from(2);
         }
     };
     natter::logging::init("natterd", args.verbose);
     if args.max_line == 0 || args.max_queued < args.max_line || args.ack_window == 0 {
-        eprintln!("natterd: error: --max-line must be positive, --max-queued at least --max-line, --ack-window positive");
+        eprintln!(
+            "natterd: error: --max-line must be positive, --max-queued at least --max-line, --ack-window positive"
+        );
         return ExitCode::from(2);
     }
 
@@ -84,7 +89,9 @@ fn main() -> ExitCode {
         Ok(n) => n,
         Err(e) => {
             log::warn!("cannot raise the open-file limit: {e}");
-            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024)
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
         }
     };
     let max_connections = args

@@ -30,7 +30,9 @@ use super::editor::{Action, Editor, Key};
 use super::render::{self as r, Pending};
 use super::terminal::{self, RawMode};
 use crate::net::{Step, read_step, write_until_blocked};
-use crate::protocol::frames::{self, ErrorCode, PROTOCOL_VERSION, Push, Reply, Request, ServerFrame};
+use crate::protocol::frames::{
+    self, ErrorCode, PROTOCOL_VERSION, Push, Reply, Request, ServerFrame,
+};
 use crate::protocol::{Flow, Frame, LineDecoder, OutBuf};
 
 const STDIN: Token = Token(0);
@@ -87,7 +89,11 @@ struct Link {
 
 impl Link {
     fn new(stream: TcpStream) -> Link {
-        Link { stream, decoder: LineDecoder::default(), out: OutBuf::default() }
+        Link {
+            stream,
+            decoder: LineDecoder::default(),
+            out: OutBuf::default(),
+        }
     }
 
     fn send(&mut self, req: &Request<'_>) {
@@ -129,12 +135,23 @@ impl Link {
 
 enum PeerState {
     /// Outbound, TCP connect in progress.
-    Connecting { user: String, token: String, deadline: Instant },
+    Connecting {
+        user: String,
+        token: String,
+        deadline: Instant,
+    },
     /// Outbound, hello sent, waiting for `PEEROK`.
-    AwaitOk { user: String, deadline: Instant },
+    AwaitOk {
+        user: String,
+        deadline: Instant,
+    },
     /// Inbound, waiting for `PEERHELLO`.
-    AwaitHello { deadline: Instant },
-    Established { user: String },
+    AwaitHello {
+        deadline: Instant,
+    },
+    Established {
+        user: String,
+    },
 }
 
 struct Peer {
@@ -195,7 +212,9 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
     let std_stream = std::net::TcpStream::connect_timeout(&cfg.server, Duration::from_secs(5))
         .map_err(|e| ClientError::Connect(cfg.server, e))?;
     std_stream.set_nodelay(true).map_err(ClientError::Setup)?;
-    std_stream.set_nonblocking(true).map_err(ClientError::Setup)?;
+    std_stream
+        .set_nonblocking(true)
+        .map_err(ClientError::Setup)?;
     let local_ip = std_stream.local_addr().map_err(ClientError::Setup)?.ip();
     let mut stream = TcpStream::from_std(std_stream);
 
@@ -221,18 +240,30 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
     // The peer port, on the interface that reaches the server.
     let mut listener = TcpListener::bind(SocketAddr::new(local_ip, 0)).ok();
     if let Some(l) = listener.as_mut()
-        && poll.registry().register(l, LISTENER, Interest::READABLE).is_err()
+        && poll
+            .registry()
+            .register(l, LISTENER, Interest::READABLE)
+            .is_err()
     {
         listener = None;
     }
-    let peer_port = listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port());
+    let peer_port = listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
 
     let interactive = terminal::interactive();
-    let _raw = if interactive { RawMode::enable().ok() } else { None };
+    let _raw = if interactive {
+        RawMode::enable().ok()
+    } else {
+        None
+    };
     let interactive = interactive && _raw.is_some();
 
     let mut server = Link::new(stream);
-    server.send(&Request::Hello { version: PROTOCOL_VERSION });
+    server.send(&Request::Hello {
+        version: PROTOCOL_VERSION,
+    });
     let stage = match &cfg.user {
         Some(u) => Stage::AskPassword(u.clone()),
         None => Stage::AskUser,
@@ -303,13 +334,11 @@ impl App {
                 match ev.token() {
                     STDIN => self.read_stdin(),
                     SERVER => self.read_server(now),
-                    SIGNALS => {
-                        if signals.pending().next().is_some() {
-                            self.begin_logout(now);
-                        }
-                    }
+                    SIGNALS if signals.pending().next().is_some() => self.begin_logout(now),
                     LISTENER => self.accept_peers(now),
-                    Token(t) if t >= PEER_BASE => self.peer_event(t - PEER_BASE, ev.is_writable(), now),
+                    Token(t) if t >= PEER_BASE => {
+                        self.peer_event(t - PEER_BASE, ev.is_writable(), now)
+                    }
                     _ => {}
                 }
             }
@@ -366,7 +395,9 @@ impl App {
 
     fn ready_for_line(&self) -> bool {
         match self.stage {
-            Stage::AskUser | Stage::AskPassword(_) => self.pending.iter().all(|p| *p == Pending::Hello),
+            Stage::AskUser | Stage::AskPassword(_) => {
+                self.pending.iter().all(|p| *p == Pending::Hello)
+            }
             Stage::Active => self.pending.is_empty() && self.connecting.is_none(),
             Stage::LoggingIn(_) | Stage::LoggingOut => false,
         }
@@ -375,7 +406,10 @@ impl App {
     fn stdin_has_more(&self) -> bool {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let stdin = io::stdin();
-        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&stdin), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&stdin),
+            PollFlags::POLLIN,
+        )];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
@@ -439,8 +473,13 @@ impl App {
             Action::Redraw => self.redraw = true,
             Action::Submit(line) => {
                 // Leave the finished line on screen (without the password) and move on.
-                let shown = if self.editor.secret { String::new() } else { line.clone() };
-                self.screen.push_str(&format!("\r\x1b[K{}{}\n", self.prompt(), shown));
+                let shown = if self.editor.secret {
+                    String::new()
+                } else {
+                    line.clone()
+                };
+                self.screen
+                    .push_str(&format!("\r\x1b[K{}{}\n", self.prompt(), shown));
                 self.redraw = true;
                 self.input.push_back(line);
             }
@@ -468,7 +507,11 @@ impl App {
             self.line(r::INVALID_PASSWORD);
             return;
         }
-        self.server.send(&Request::Login { user: &user, password, peer_port: self.peer_port });
+        self.server.send(&Request::Login {
+            user: &user,
+            password,
+            peer_port: self.peer_port,
+        });
         self.pending.push_back(Pending::Login);
         self.stage = Stage::LoggingIn(user);
         self.redraw = true;
@@ -513,15 +556,24 @@ impl App {
                 self.line(r::INVALID_COMMAND);
                 self.request(Request::Active, Pending::Active);
             }
-            Command::Message { to, text } => self.request(Request::Msg { to, text }, Pending::Message),
-            Command::Broadcast { text } => self.request(Request::Bcast { text }, Pending::Broadcast),
+            Command::Message { to, text } => {
+                self.request(Request::Msg { to, text }, Pending::Message)
+            }
+            Command::Broadcast { text } => {
+                self.request(Request::Bcast { text }, Pending::Broadcast)
+            }
             Command::WhoElse => self.request(Request::WhoElse, Pending::Who),
-            Command::WhoElseSince { window } => self.request(Request::WhoElseSince { window }, Pending::Who),
+            Command::WhoElseSince { window } => {
+                self.request(Request::WhoElseSince { window }, Pending::Who)
+            }
             Command::Block { user } => self.request(Request::Block { user }, Pending::Block),
             Command::Unblock { user } => self.request(Request::Unblock { user }, Pending::Unblock),
             Command::Logout => self.begin_logout(now),
             Command::StartPrivate { user } => {
-                self.request(Request::Private { user }, Pending::Private(user.to_string()));
+                self.request(
+                    Request::Private { user },
+                    Pending::Private(user.to_string()),
+                );
             }
             Command::Private { to, text } => {
                 match self.sessions.get(to).copied() {
@@ -592,11 +644,16 @@ impl App {
     }
 
     fn on_reply(&mut self, reply: Reply<'_>, now: Instant) {
-        let Some(pending) = self.pending.pop_front() else { return };
+        let Some(pending) = self.pending.pop_front() else {
+            return;
+        };
         match (pending, reply) {
             (Pending::Hello, Reply::Hello { .. }) => {}
             (Pending::Hello, Reply::Error { code, arg }) => {
-                self.line(&format!("natter: the server speaks protocol {arg}, not {PROTOCOL_VERSION} ({})", code.as_str()));
+                self.line(&format!(
+                    "natter: the server speaks protocol {arg}, not {PROTOCOL_VERSION} ({})",
+                    code.as_str()
+                ));
                 self.exit = Some(1);
             }
             (Pending::Login, Reply::Welcome) => {
@@ -608,10 +665,8 @@ impl App {
                 self.line(r::WELCOME);
             }
             (Pending::Login, Reply::Error { code, .. }) => self.login_failed(code),
-            (Pending::Broadcast, Reply::Bcast { blocked, .. }) => {
-                if blocked > 0 {
-                    self.line(r::BROADCAST_BLOCKED);
-                }
+            (Pending::Broadcast, Reply::Bcast { blocked, .. }) if blocked > 0 => {
+                self.line(r::BROADCAST_BLOCKED)
             }
             (Pending::Who, Reply::Users(names)) => {
                 for n in names {
@@ -621,7 +676,9 @@ impl App {
             }
             (Pending::Block, Reply::Blocked { user }) => self.line(&r::blocked(user)),
             (Pending::Unblock, Reply::Unblocked { user }) => self.line(&r::unblocked(user)),
-            (Pending::Private(user), Reply::Peer { addr, token, .. }) => self.connect_peer(user, addr, token, now),
+            (Pending::Private(user), Reply::Peer { addr, token, .. }) => {
+                self.connect_peer(user, addr, token, now)
+            }
             (Pending::Logout, Reply::Bye) => self.exit = Some(0),
             (p, Reply::Error { code, arg }) => {
                 let text = r::error_line(&p, code, arg);
@@ -694,7 +751,8 @@ impl App {
             Push::Expect { user, token } => {
                 self.expected.retain(|_, (_, exp)| *exp > now);
                 if self.expected.len() < 1024 {
-                    self.expected.insert(token.to_string(), (user.to_string(), now + TOKEN_TTL));
+                    self.expected
+                        .insert(token.to_string(), (user.to_string(), now + TOKEN_TTL));
                 }
             }
             Push::Timeout => {
@@ -712,38 +770,65 @@ impl App {
 
     fn connect_peer(&mut self, user: String, addr: SocketAddr, token: &str, now: Instant) {
         let fail = |app: &mut App, user: &str| app.line(&r::private_unreachable(user));
-        let Ok(mut stream) = TcpStream::connect(addr) else { return fail(self, &user) };
+        let Ok(mut stream) = TcpStream::connect(addr) else {
+            return fail(self, &user);
+        };
         let key = self.peers.vacant_key();
         if self
             .poll
             .registry()
-            .register(&mut stream, Token(PEER_BASE + key), Interest::READABLE | Interest::WRITABLE)
+            .register(
+                &mut stream,
+                Token(PEER_BASE + key),
+                Interest::READABLE | Interest::WRITABLE,
+            )
             .is_err()
         {
             return fail(self, &user);
         }
         self.peers.insert(Peer {
             link: Link::new(stream),
-            state: PeerState::Connecting { user, token: token.to_string(), deadline: now + PEER_CONNECT_TIMEOUT },
+            state: PeerState::Connecting {
+                user,
+                token: token.to_string(),
+                deadline: now + PEER_CONNECT_TIMEOUT,
+            },
         });
         self.connecting = Some(key);
     }
 
     fn accept_peers(&mut self, now: Instant) {
         loop {
-            let Some(listener) = &self.listener else { return };
+            let Some(listener) = &self.listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((mut stream, _)) => {
-                    let waiting = self.peers.iter().filter(|(_, p)| matches!(p.state, PeerState::AwaitHello { .. })).count();
+                    let waiting = self
+                        .peers
+                        .iter()
+                        .filter(|(_, p)| matches!(p.state, PeerState::AwaitHello { .. }))
+                        .count();
                     if waiting >= MAX_PENDING_PEERS {
                         continue; // dropped: closes at once
                     }
                     let _ = stream.set_nodelay(true);
                     let key = self.peers.vacant_key();
-                    if self.poll.registry().register(&mut stream, Token(PEER_BASE + key), Interest::READABLE | Interest::WRITABLE).is_ok() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            Token(PEER_BASE + key),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_ok()
+                    {
                         self.peers.insert(Peer {
                             link: Link::new(stream),
-                            state: PeerState::AwaitHello { deadline: now + PEER_HELLO_TIMEOUT },
+                            state: PeerState::AwaitHello {
+                                deadline: now + PEER_HELLO_TIMEOUT,
+                            },
                         });
                     }
                 }
@@ -797,7 +882,9 @@ impl App {
     }
 
     fn peer_event(&mut self, key: usize, writable: bool, now: Instant) {
-        let Some(p) = self.peers.get_mut(key) else { return };
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
         if let PeerState::Connecting { user, token, .. } = &p.state {
             if !writable {
                 return;
@@ -807,7 +894,10 @@ impl App {
             match (p.link.stream.take_error(), p.link.stream.peer_addr()) {
                 (Ok(None), Ok(_)) => {
                     let hello = format!("PEERHELLO {} {token}", self.me);
-                    p.state = PeerState::AwaitOk { user: user.clone(), deadline: now + PEER_CONNECT_TIMEOUT };
+                    p.state = PeerState::AwaitOk {
+                        user: user.clone(),
+                        deadline: now + PEER_CONNECT_TIMEOUT,
+                    };
                     p.link.send_raw(&hello);
                 }
                 (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -830,7 +920,9 @@ impl App {
     }
 
     fn peer_line(&mut self, key: usize, line: &str) {
-        let Some(p) = self.peers.get_mut(key) else { return };
+        let Some(p) = self.peers.get_mut(key) else {
+            return;
+        };
         let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
         match &p.state {
             PeerState::AwaitHello { .. } => {
@@ -915,9 +1007,9 @@ impl App {
         self.peers
             .iter()
             .filter_map(|(_, p)| match &p.state {
-                PeerState::Connecting { deadline, .. } | PeerState::AwaitOk { deadline, .. } | PeerState::AwaitHello { deadline } => {
-                    Some(*deadline)
-                }
+                PeerState::Connecting { deadline, .. }
+                | PeerState::AwaitOk { deadline, .. }
+                | PeerState::AwaitHello { deadline } => Some(*deadline),
                 PeerState::Established { .. } => None,
             })
             .chain(self.logout_deadline)
@@ -928,7 +1020,9 @@ impl App {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        self.deadlines().min().map(|t| t.saturating_duration_since(now))
+        self.deadlines()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
     }
 
     fn check_deadlines(&mut self, now: Instant) {
@@ -939,9 +1033,9 @@ impl App {
             .peers
             .iter()
             .filter(|(_, p)| match &p.state {
-                PeerState::Connecting { deadline, .. } | PeerState::AwaitOk { deadline, .. } | PeerState::AwaitHello { deadline } => {
-                    *deadline <= now
-                }
+                PeerState::Connecting { deadline, .. }
+                | PeerState::AwaitOk { deadline, .. }
+                | PeerState::AwaitHello { deadline } => *deadline <= now,
                 PeerState::Established { .. } => false,
             })
             .map(|(k, _)| k)

@@ -20,7 +20,10 @@ pub const COMMANDS: [&str; 10] = [
 
 /// Commands whose first argument is a user name (Tab completes names there).
 pub fn takes_user(command: &str) -> bool {
-    matches!(command, "message" | "block" | "unblock" | "startprivate" | "private" | "stopprivate")
+    matches!(
+        command,
+        "message" | "block" | "unblock" | "startprivate" | "private" | "stopprivate"
+    )
 }
 
 /// One command line.
@@ -28,16 +31,34 @@ pub fn takes_user(command: &str) -> bool {
 pub enum Command<'a> {
     /// Blank line: does nothing.
     Empty,
-    Message { to: &'a str, text: &'a str },
-    Broadcast { text: &'a str },
+    Message {
+        to: &'a str,
+        text: &'a str,
+    },
+    Broadcast {
+        text: &'a str,
+    },
     WhoElse,
-    WhoElseSince { window: Duration },
-    Block { user: &'a str },
-    Unblock { user: &'a str },
+    WhoElseSince {
+        window: Duration,
+    },
+    Block {
+        user: &'a str,
+    },
+    Unblock {
+        user: &'a str,
+    },
     Logout,
-    StartPrivate { user: &'a str },
-    Private { to: &'a str, text: &'a str },
-    StopPrivate { user: &'a str },
+    StartPrivate {
+        user: &'a str,
+    },
+    Private {
+        to: &'a str,
+        text: &'a str,
+    },
+    StopPrivate {
+        user: &'a str,
+    },
     /// Anything else, including a known command with missing arguments.
     Invalid,
 }
@@ -70,7 +91,9 @@ pub fn parse(line: &str) -> Command<'_> {
         "message" => user_and_text(rest).map(|(to, text)| Command::Message { to, text }),
         "broadcast" => (!rest.trim().is_empty()).then_some(Command::Broadcast { text: rest }),
         "whoelse" => rest.trim().is_empty().then_some(Command::WhoElse),
-        "whoelsesince" => parse_duration(rest).ok().map(|window| Command::WhoElseSince { window }),
+        "whoelsesince" => parse_duration(rest)
+            .ok()
+            .map(|window| Command::WhoElseSince { window }),
         "block" => one_user(rest).map(|user| Command::Block { user }),
         "unblock" => one_user(rest).map(|user| Command::Unblock { user }),
         "logout" => rest.trim().is_empty().then_some(Command::Logout),
@@ -90,26 +113,74 @@ mod tests {
     fn commands() {
         assert_eq!(parse(""), Command::Empty);
         assert_eq!(parse("   "), Command::Empty);
-        assert_eq!(parse("message bob hi  there "), Command::Message { to: "bob", text: "hi  there " });
-        assert_eq!(parse("message   bob   spaced"), Command::Message { to: "bob", text: "spaced" });
+        assert_eq!(
+            parse("message bob hi  there "),
+            Command::Message {
+                to: "bob",
+                text: "hi  there "
+            }
+        );
+        assert_eq!(
+            parse("message   bob   spaced"),
+            Command::Message {
+                to: "bob",
+                text: "spaced"
+            }
+        );
         assert_eq!(parse("broadcast a  b"), Command::Broadcast { text: "a  b" });
         assert_eq!(parse("whoelse"), Command::WhoElse);
-        assert_eq!(parse("whoelsesince 90"), Command::WhoElseSince { window: Duration::from_secs(90) });
-        assert_eq!(parse("whoelsesince 1h 30m"), Command::WhoElseSince { window: Duration::from_secs(5400) });
+        assert_eq!(
+            parse("whoelsesince 90"),
+            Command::WhoElseSince {
+                window: Duration::from_secs(90)
+            }
+        );
+        assert_eq!(
+            parse("whoelsesince 1h 30m"),
+            Command::WhoElseSince {
+                window: Duration::from_secs(5400)
+            }
+        );
         assert_eq!(parse("block bob"), Command::Block { user: "bob" });
         assert_eq!(parse("unblock bob"), Command::Unblock { user: "bob" });
         assert_eq!(parse("logout"), Command::Logout);
-        assert_eq!(parse("startprivate bob"), Command::StartPrivate { user: "bob" });
-        assert_eq!(parse("private bob psst"), Command::Private { to: "bob", text: "psst" });
-        assert_eq!(parse("stopprivate bob"), Command::StopPrivate { user: "bob" });
+        assert_eq!(
+            parse("startprivate bob"),
+            Command::StartPrivate { user: "bob" }
+        );
+        assert_eq!(
+            parse("private bob psst"),
+            Command::Private {
+                to: "bob",
+                text: "psst"
+            }
+        );
+        assert_eq!(
+            parse("stopprivate bob"),
+            Command::StopPrivate { user: "bob" }
+        );
     }
 
     #[test]
     fn missing_or_extra_arguments_are_invalid() {
         for bad in [
-            "message", "message bob", "message bob   ", "broadcast", "broadcast  ", "whoelse x", "whoelsesince",
-            "whoelsesince soon", "block", "block a b", "unblock", "logout now", "startprivate", "private bob",
-            "stopprivate", "hello", "Message bob hi",
+            "message",
+            "message bob",
+            "message bob   ",
+            "broadcast",
+            "broadcast  ",
+            "whoelse x",
+            "whoelsesince",
+            "whoelsesince soon",
+            "block",
+            "block a b",
+            "unblock",
+            "logout now",
+            "startprivate",
+            "private bob",
+            "stopprivate",
+            "hello",
+            "Message bob hi",
         ] {
             assert_eq!(parse(bad), Command::Invalid, "{bad:?}");
         }

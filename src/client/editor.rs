@@ -44,7 +44,9 @@ impl Key {
                 KeyCode::Tab => Key::Tab,
                 KeyCode::Char('\x08') => Key::Backspace,
                 KeyCode::Char(c) if (c as u32) < 0x20 => Key::Ctrl((c as u8 + b'a' - 1) as char),
-                KeyCode::Char(c) if mods.contains(KeyModifiers::CONTROL) => Key::Ctrl(c.to_ascii_lowercase()),
+                KeyCode::Char(c) if mods.contains(KeyModifiers::CONTROL) => {
+                    Key::Ctrl(c.to_ascii_lowercase())
+                }
                 KeyCode::Char(c) if mods.is_empty() || mods == KeyModifiers::SHIFT => Key::Char(c),
                 _ => Key::Other,
             },
@@ -171,7 +173,9 @@ impl Editor {
                 self.cursor = self.buf.len();
             }
             Key::Down if !self.secret => {
-                let Some(i) = self.browsing else { return Action::None };
+                let Some(i) = self.browsing else {
+                    return Action::None;
+                };
                 if i + 1 < self.history.len() {
                     self.browsing = Some(i + 1);
                     set(&mut self.buf, &self.history[i + 1]);
@@ -206,7 +210,11 @@ impl Editor {
             [only] => format!("{} ", &only[prefix.len()..]),
             many => {
                 let common = many.iter().skip(1).fold(many[0].clone(), |acc, c| {
-                    acc.chars().zip(c.chars()).take_while(|(a, b)| a == b).map(|(a, _)| a).collect()
+                    acc.chars()
+                        .zip(c.chars())
+                        .take_while(|(a, b)| a == b)
+                        .map(|(a, _)| a)
+                        .collect()
                 });
                 if common.len() > prefix.len() {
                     common[prefix.len()..].to_string()
@@ -297,7 +305,10 @@ mod tests {
 
     #[test]
     fn secret_lines_are_not_echoed_or_remembered() {
-        let mut e = Editor { secret: true, ..Default::default() };
+        let mut e = Editor {
+            secret: true,
+            ..Default::default()
+        };
         typed(&mut e, "pw");
         let mut out = String::new();
         e.render("Password: ", &mut out);
@@ -330,7 +341,10 @@ mod tests {
         typed(&mut e, "message y");
         e.key(Key::Tab, &names);
         assert_eq!(e.line(), "message yo");
-        assert_eq!(e.key(Key::Tab, &names), Action::Candidates(vec!["yoda".into(), "yolanda".into()]));
+        assert_eq!(
+            e.key(Key::Tab, &names),
+            Action::Candidates(vec!["yoda".into(), "yolanda".into()])
+        );
         let mut e = Editor::default();
         typed(&mut e, "b");
         e.key(Key::Tab, &names);
@@ -357,7 +371,15 @@ mod tests {
         let keys: Vec<Key> = p.map(Key::from_anes).collect();
         assert_eq!(
             keys,
-            [Key::Char('a'), Key::Ctrl('a'), Key::Up, Key::Backspace, Key::Enter, Key::Tab, Key::Ctrl('w')]
+            [
+                Key::Char('a'),
+                Key::Ctrl('a'),
+                Key::Up,
+                Key::Backspace,
+                Key::Enter,
+                Key::Tab,
+                Key::Ctrl('w')
+            ]
         );
     }
 }

@@ -7,13 +7,16 @@ use crate::protocol::frames::ErrorCode;
 pub const WELCOME: &str = "Welcome to the greatest messaging application ever!";
 pub const INVALID_USERNAME: &str = "Invalid Username. Please try again";
 pub const INVALID_PASSWORD: &str = "Invalid Password. Please try again";
-pub const LOCKED_NOW: &str = "Invalid Password. Your account has been blocked. Please try again later";
-pub const LOCKED: &str = "Your account is blocked due to multiple login failures. Please try again later";
+pub const LOCKED_NOW: &str =
+    "Invalid Password. Your account has been blocked. Please try again later";
+pub const LOCKED: &str =
+    "Your account is blocked due to multiple login failures. Please try again later";
 pub const ALREADY_ONLINE: &str = "This account is already logged in";
 pub const INVALID_COMMAND: &str = "Error. Invalid command";
 pub const INVALID_USER: &str = "Error. Invalid user";
 pub const MESSAGE_SELF: &str = "Error. Cannot message self";
-pub const MESSAGE_BLOCKED: &str = "Your message could not be delivered as the recipient has blocked you";
+pub const MESSAGE_BLOCKED: &str =
+    "Your message could not be delivered as the recipient has blocked you";
 pub const BROADCAST_BLOCKED: &str = "Your message could not be delivered to some recipients";
 pub const BLOCK_SELF: &str = "Error. Cannot block self";
 pub const UNBLOCK_SELF: &str = "Error. Cannot unblock self";
@@ -132,9 +135,18 @@ mod tests {
 
     #[test]
     fn error_strings_depend_on_the_request() {
-        assert_eq!(error_line(&Pending::Message, ErrorCode::SelfTarget, ""), "Error. Cannot message self");
-        assert_eq!(error_line(&Pending::Block, ErrorCode::SelfTarget, ""), "Error. Cannot block self");
-        assert_eq!(error_line(&Pending::Unblock, ErrorCode::SelfTarget, ""), "Error. Cannot unblock self");
+        assert_eq!(
+            error_line(&Pending::Message, ErrorCode::SelfTarget, ""),
+            "Error. Cannot message self"
+        );
+        assert_eq!(
+            error_line(&Pending::Block, ErrorCode::SelfTarget, ""),
+            "Error. Cannot block self"
+        );
+        assert_eq!(
+            error_line(&Pending::Unblock, ErrorCode::SelfTarget, ""),
+            "Error. Cannot unblock self"
+        );
         assert_eq!(
             error_line(&Pending::Private("x".into()), ErrorCode::SelfTarget, ""),
             "Error. Cannot start private messaging with self"
@@ -143,9 +155,21 @@ mod tests {
             error_line(&Pending::Message, ErrorCode::BlockedBy, "bob"),
             "Your message could not be delivered as the recipient has blocked you"
         );
-        assert_eq!(error_line(&Pending::Private("bob".into()), ErrorCode::BlockedBy, "bob"), "Error. bob has blocked you");
-        assert_eq!(error_line(&Pending::Unblock, ErrorCode::NotBlocked, "bob"), "Error. bob was not blocked");
-        assert_eq!(error_line(&Pending::Message, ErrorCode::NoSuchUser, "zed"), "Error. Invalid user");
-        assert_eq!(error_line(&Pending::Who, ErrorCode::BadArguments, ""), "Error. Invalid command");
+        assert_eq!(
+            error_line(&Pending::Private("bob".into()), ErrorCode::BlockedBy, "bob"),
+            "Error. bob has blocked you"
+        );
+        assert_eq!(
+            error_line(&Pending::Unblock, ErrorCode::NotBlocked, "bob"),
+            "Error. bob was not blocked"
+        );
+        assert_eq!(
+            error_line(&Pending::Message, ErrorCode::NoSuchUser, "zed"),
+            "Error. Invalid user"
+        );
+        assert_eq!(
+            error_line(&Pending::Who, ErrorCode::BadArguments, ""),
+            "Error. Invalid command"
+        );
     }
 }

@@ -29,7 +29,8 @@ impl RawMode {
     pub fn enable() -> nix::Result<RawMode> {
         let original = termios::tcgetattr(std::io::stdin())?;
         let mut raw = original.clone();
-        raw.local_flags.remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG | LocalFlags::IEXTEN);
+        raw.local_flags
+            .remove(LocalFlags::ICANON | LocalFlags::ECHO | LocalFlags::ISIG | LocalFlags::IEXTEN);
         raw.input_flags.remove(InputFlags::IXON | InputFlags::ICRNL);
         raw.control_chars[SpecialCharacterIndices::VMIN as usize] = 1;
         raw.control_chars[SpecialCharacterIndices::VTIME as usize] = 0;

@@ -51,7 +51,12 @@ impl LineDecoder {
     ///
     /// Stops early (dropping the rest of `data`) when `on_frame` returns [`Flow::Stop`],
     /// which is what a connection that is closing wants.
-    pub fn feed(&mut self, mut data: &[u8], max_line: usize, mut on_frame: impl FnMut(Frame<'_>) -> Flow) {
+    pub fn feed(
+        &mut self,
+        mut data: &[u8],
+        max_line: usize,
+        mut on_frame: impl FnMut(Frame<'_>) -> Flow,
+    ) {
         while !data.is_empty() {
             let newline = memchr::memchr(b'\n', data);
             if self.discarding {

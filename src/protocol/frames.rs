@@ -19,22 +19,47 @@ pub const MAX_LINE: usize = 8192;
 /// A request from a client (or a response to a server push: `PONG`, `ACK`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
-    Hello { version: u32 },
-    Login { user: &'a str, password: &'a str, peer_port: Option<u16> },
-    Msg { to: &'a str, text: &'a str },
-    Bcast { text: &'a str },
+    Hello {
+        version: u32,
+    },
+    Login {
+        user: &'a str,
+        password: &'a str,
+        peer_port: Option<u16>,
+    },
+    Msg {
+        to: &'a str,
+        text: &'a str,
+    },
+    Bcast {
+        text: &'a str,
+    },
     WhoElse,
-    WhoElseSince { window: Duration },
-    Block { user: &'a str },
-    Unblock { user: &'a str },
-    Private { user: &'a str },
+    WhoElseSince {
+        window: Duration,
+    },
+    Block {
+        user: &'a str,
+    },
+    Unblock {
+        user: &'a str,
+    },
+    Private {
+        user: &'a str,
+    },
     Active,
-    Ping { token: &'a str },
+    Ping {
+        token: &'a str,
+    },
     Logout,
     /// Answer to `*PING`; gets no reply.
-    Pong { seq: u64 },
+    Pong {
+        seq: u64,
+    },
     /// Delivery acknowledgement of every `*MSG` up to and including `id`; gets no reply.
-    Ack { id: u64 },
+    Ack {
+        id: u64,
+    },
 }
 
 impl Request<'_> {
@@ -42,7 +67,11 @@ impl Request<'_> {
     pub fn is_user_activity(&self) -> bool {
         !matches!(
             self,
-            Request::Hello { .. } | Request::Login { .. } | Request::Ping { .. } | Request::Pong { .. } | Request::Ack { .. }
+            Request::Hello { .. }
+                | Request::Login { .. }
+                | Request::Ping { .. }
+                | Request::Pong { .. }
+                | Request::Ack { .. }
         )
     }
 
@@ -57,8 +86,16 @@ impl Request<'_> {
         // Writing into a Vec cannot fail.
         let _ = match self {
             Request::Hello { version } => writeln!(out, "HELLO {version}"),
-            Request::Login { user, password, peer_port: Some(p) } => writeln!(out, "LOGIN {user} {password} {p}"),
-            Request::Login { user, password, peer_port: None } => writeln!(out, "LOGIN {user} {password}"),
+            Request::Login {
+                user,
+                password,
+                peer_port: Some(p),
+            } => writeln!(out, "LOGIN {user} {password} {p}"),
+            Request::Login {
+                user,
+                password,
+                peer_port: None,
+            } => writeln!(out, "LOGIN {user} {password}"),
             Request::Msg { to, text } => writeln!(out, "MSG {to} {text}"),
             Request::Bcast { text } => writeln!(out, "BCAST {text}"),
             Request::WhoElse => writeln!(out, "WHOELSE"),
@@ -67,7 +104,7 @@ impl Request<'_> {
             Request::Unblock { user } => writeln!(out, "UNBLOCK {user}"),
             Request::Private { user } => writeln!(out, "PRIVATE {user}"),
             Request::Active => writeln!(out, "ACTIVE"),
-            Request::Ping { token } if token.is_empty() => writeln!(out, "PING"),
+            Request::Ping { token: "" } => writeln!(out, "PING"),
             Request::Ping { token } => writeln!(out, "PING {token}"),
             Request::Logout => writeln!(out, "LOGOUT"),
             Request::Pong { seq } => writeln!(out, "PONG {seq}"),
@@ -112,7 +149,11 @@ fn text(s: &str) -> Result<&str, RequestError> {
 }
 
 fn none(rest: &str) -> Result<(), RequestError> {
-    if rest.is_empty() { Ok(()) } else { Err(RequestError::BadArguments) }
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(RequestError::BadArguments)
+    }
 }
 
 fn number<T: std::str::FromStr>(s: &str) -> Result<T, RequestError> {
@@ -126,25 +167,42 @@ pub fn parse_request(line: &str) -> Result<Request<'_>, RequestError> {
     Ok(match verb {
         "MSG" => {
             let (to, msg) = field(rest);
-            Request::Msg { to: name(to)?, text: text(msg)? }
+            Request::Msg {
+                to: name(to)?,
+                text: text(msg)?,
+            }
         }
         "BCAST" => Request::Bcast { text: text(rest)? },
         "ACK" => Request::Ack { id: number(rest)? },
         "PONG" => Request::Pong { seq: number(rest)? },
         "WHOELSE" => none(rest).map(|_| Request::WhoElse)?,
-        "WHOELSESINCE" => Request::WhoElseSince { window: parse_duration(rest).map_err(|_| BadArguments)? },
+        "WHOELSESINCE" => Request::WhoElseSince {
+            window: parse_duration(rest).map_err(|_| BadArguments)?,
+        },
         "BLOCK" => Request::Block { user: name(rest)? },
         "UNBLOCK" => Request::Unblock { user: name(rest)? },
         "PRIVATE" => Request::Private { user: name(rest)? },
         "ACTIVE" => none(rest).map(|_| Request::Active)?,
-        "PING" => Request::Ping { token: if rest.is_empty() { rest } else { name(rest)? } },
+        "PING" => Request::Ping {
+            token: if rest.is_empty() { rest } else { name(rest)? },
+        },
         "LOGOUT" => none(rest).map(|_| Request::Logout)?,
-        "HELLO" => Request::Hello { version: number(rest)? },
+        "HELLO" => Request::Hello {
+            version: number(rest)?,
+        },
         "LOGIN" => {
             let (user, rest) = field(rest);
             let (password, port) = field(rest);
-            let peer_port = if port.is_empty() { None } else { Some(number(port)?) };
-            Request::Login { user: name(user)?, password: name(password)?, peer_port }
+            let peer_port = if port.is_empty() {
+                None
+            } else {
+                Some(number(port)?)
+            };
+            Request::Login {
+                user: name(user)?,
+                password: name(password)?,
+                peer_port,
+            }
         }
         _ => return Err(RequestError::UnknownVerb),
     })
@@ -244,7 +302,7 @@ impl ErrorCode {
         }
     }
 
-    pub fn from_str(s: &str) -> Option<ErrorCode> {
+    pub fn parse(s: &str) -> Option<ErrorCode> {
         ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
@@ -252,21 +310,43 @@ impl ErrorCode {
 /// A server reply: exactly one per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply<'a> {
-    Hello { version: u32, software: &'a str },
+    Hello {
+        version: u32,
+        software: &'a str,
+    },
     Welcome,
     /// The message reached an online recipient's queue (`stored: false`) or its mailbox.
-    Sent { to: &'a str, stored: bool },
+    Sent {
+        to: &'a str,
+        stored: bool,
+    },
     /// A broadcast reached `delivered` users; `blocked` online users had blocked the sender.
-    Bcast { delivered: u32, blocked: u32 },
+    Bcast {
+        delivered: u32,
+        blocked: u32,
+    },
     Users(Vec<&'a str>),
-    Blocked { user: &'a str },
-    Unblocked { user: &'a str },
+    Blocked {
+        user: &'a str,
+    },
+    Unblocked {
+        user: &'a str,
+    },
     /// Peer introduction: connect to `addr` and present `token`.
-    Peer { user: &'a str, addr: SocketAddr, token: &'a str },
+    Peer {
+        user: &'a str,
+        addr: SocketAddr,
+        token: &'a str,
+    },
     Ok,
-    Pong { token: &'a str },
+    Pong {
+        token: &'a str,
+    },
     Bye,
-    Error { code: ErrorCode, arg: &'a str },
+    Error {
+        code: ErrorCode,
+        arg: &'a str,
+    },
 }
 
 /// Why the server is closing a connection (`*BYE <reason>`).
@@ -299,14 +379,28 @@ impl ByeReason {
 /// A server push: sent whenever something happens, never as a reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push<'a> {
-    Msg { id: u64, from: &'a str, text: &'a str },
-    Bcast { from: &'a str, text: &'a str },
+    Msg {
+        id: u64,
+        from: &'a str,
+        text: &'a str,
+    },
+    Bcast {
+        from: &'a str,
+        text: &'a str,
+    },
     Login(Vec<&'a str>),
     Logout(Vec<&'a str>),
-    Ping { seq: u64 },
-    Expect { user: &'a str, token: &'a str },
+    Ping {
+        seq: u64,
+    },
+    Expect {
+        user: &'a str,
+        token: &'a str,
+    },
     Timeout,
-    Bye { reason: &'a str },
+    Bye {
+        reason: &'a str,
+    },
 }
 
 /// Anything the server sends.
@@ -378,9 +472,11 @@ impl Reply<'_> {
             }
             Reply::Blocked { user } => writeln!(out, "+BLOCKED {user}"),
             Reply::Unblocked { user } => writeln!(out, "+UNBLOCKED {user}"),
-            Reply::Peer { user, addr, token } => writeln!(out, "+PEER {user} {} {} {token}", addr.ip(), addr.port()),
+            Reply::Peer { user, addr, token } => {
+                writeln!(out, "+PEER {user} {} {} {token}", addr.ip(), addr.port())
+            }
             Reply::Ok => writeln!(out, "+OK"),
-            Reply::Pong { token } if token.is_empty() => writeln!(out, "+PONG"),
+            Reply::Pong { token: "" } => writeln!(out, "+PONG"),
             Reply::Pong { token } => writeln!(out, "+PONG {token}"),
             Reply::Bye => writeln!(out, "+BYE"),
             Reply::Error { code, arg } => {
@@ -429,7 +525,11 @@ fn num<T: std::str::FromStr>(s: &str) -> Result<T, BadFrame> {
 }
 
 fn word(s: &str) -> Result<&str, BadFrame> {
-    if s.is_empty() || s.contains(' ') { Err(BadFrame) } else { Ok(s) }
+    if s.is_empty() || s.contains(' ') {
+        Err(BadFrame)
+    } else {
+        Ok(s)
+    }
 }
 
 /// Parses one line from the server.
@@ -443,14 +543,26 @@ pub fn parse_server_frame(line: &str) -> Result<ServerFrame<'_>, BadFrame> {
         '+' => Ok(ServerFrame::Reply(match verb {
             "HELLO" => {
                 let (v, software) = field(rest);
-                Reply::Hello { version: num(v)?, software }
+                Reply::Hello {
+                    version: num(v)?,
+                    software,
+                }
             }
             "WELCOME" => Reply::Welcome,
-            "SENT" => Reply::Sent { to: word(rest)?, stored: false },
-            "STORED" => Reply::Sent { to: word(rest)?, stored: true },
+            "SENT" => Reply::Sent {
+                to: word(rest)?,
+                stored: false,
+            },
+            "STORED" => Reply::Sent {
+                to: word(rest)?,
+                stored: true,
+            },
             "BCAST" => {
                 let (d, b) = field(rest);
-                Reply::Bcast { delivered: num(d)?, blocked: num(b)? }
+                Reply::Bcast {
+                    delivered: num(d)?,
+                    blocked: num(b)?,
+                }
             }
             "USERS" => Reply::Users(names(rest)),
             "BLOCKED" => Reply::Blocked { user: word(rest)? },
@@ -460,7 +572,11 @@ pub fn parse_server_frame(line: &str) -> Result<ServerFrame<'_>, BadFrame> {
                 let (ip, rest) = field(rest);
                 let (port, token) = field(rest);
                 let ip: std::net::IpAddr = num(ip)?;
-                Reply::Peer { user: word(user)?, addr: SocketAddr::new(ip, num(port)?), token: word(token)? }
+                Reply::Peer {
+                    user: word(user)?,
+                    addr: SocketAddr::new(ip, num(port)?),
+                    token: word(token)?,
+                }
             }
             "OK" => Reply::Ok,
             "PONG" => Reply::Pong { token: rest },
@@ -468,25 +584,35 @@ pub fn parse_server_frame(line: &str) -> Result<ServerFrame<'_>, BadFrame> {
             _ => return Err(BadFrame),
         })),
         '-' => {
-            let code = ErrorCode::from_str(verb).ok_or(BadFrame)?;
+            let code = ErrorCode::parse(verb).ok_or(BadFrame)?;
             Ok(ServerFrame::Reply(Reply::Error { code, arg: rest }))
         }
         '*' => Ok(ServerFrame::Push(match verb {
             "MSG" => {
                 let (id, rest) = field(rest);
                 let (from, text) = field(rest);
-                Push::Msg { id: num(id)?, from: word(from)?, text }
+                Push::Msg {
+                    id: num(id)?,
+                    from: word(from)?,
+                    text,
+                }
             }
             "BCAST" => {
                 let (from, text) = field(rest);
-                Push::Bcast { from: word(from)?, text }
+                Push::Bcast {
+                    from: word(from)?,
+                    text,
+                }
             }
             "LOGIN" => Push::Login(names(rest)),
             "LOGOUT" => Push::Logout(names(rest)),
             "PING" => Push::Ping { seq: num(rest)? },
             "EXPECT" => {
                 let (user, token) = field(rest);
-                Push::Expect { user: word(user)?, token: word(token)? }
+                Push::Expect {
+                    user: word(user)?,
+                    token: word(token)?,
+                }
             }
             "TIMEOUT" => Push::Timeout,
             "BYE" => Push::Bye { reason: rest },
@@ -512,12 +638,25 @@ mod tests {
     fn every_request_roundtrips() {
         for r in [
             Request::Hello { version: 1 },
-            Request::Login { user: "alice", password: "s3cret", peer_port: None },
-            Request::Login { user: "alice", password: "s3cret", peer_port: Some(5555) },
-            Request::Msg { to: "bob", text: "hi  there, spaced  " },
+            Request::Login {
+                user: "alice",
+                password: "s3cret",
+                peer_port: None,
+            },
+            Request::Login {
+                user: "alice",
+                password: "s3cret",
+                peer_port: Some(5555),
+            },
+            Request::Msg {
+                to: "bob",
+                text: "hi  there, spaced  ",
+            },
             Request::Bcast { text: "héllo" },
             Request::WhoElse,
-            Request::WhoElseSince { window: Duration::from_secs(90) },
+            Request::WhoElseSince {
+                window: Duration::from_secs(90),
+            },
             Request::Block { user: "bob" },
             Request::Unblock { user: "bob" },
             Request::Private { user: "bob" },
@@ -537,12 +676,34 @@ mod tests {
         assert_eq!(parse_request("FOO"), Err(RequestError::UnknownVerb));
         assert_eq!(parse_request("msg bob hi"), Err(RequestError::UnknownVerb));
         assert_eq!(parse_request(""), Err(RequestError::UnknownVerb));
-        for bad in ["MSG", "MSG bob", "MSG bob ", "MSG bob    ", "BCAST", "BLOCK", "BLOCK a b", "WHOELSE x", "WHOELSESINCE", "WHOELSESINCE soon", "ACK x", "LOGIN a", "LOGIN a b c", "HELLO", "LOGOUT now"] {
-            assert_eq!(parse_request(bad), Err(RequestError::BadArguments), "{bad:?}");
+        for bad in [
+            "MSG",
+            "MSG bob",
+            "MSG bob ",
+            "MSG bob    ",
+            "BCAST",
+            "BLOCK",
+            "BLOCK a b",
+            "WHOELSE x",
+            "WHOELSESINCE",
+            "WHOELSESINCE soon",
+            "ACK x",
+            "LOGIN a",
+            "LOGIN a b c",
+            "HELLO",
+            "LOGOUT now",
+        ] {
+            assert_eq!(
+                parse_request(bad),
+                Err(RequestError::BadArguments),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             parse_request("WHOELSESINCE 1h 30m"),
-            Ok(Request::WhoElseSince { window: Duration::from_secs(5400) })
+            Ok(Request::WhoElseSince {
+                window: Duration::from_secs(5400)
+            })
         );
     }
 
@@ -561,27 +722,53 @@ mod tests {
     fn every_reply_and_push_roundtrips() {
         let addr: SocketAddr = "10.1.2.3:4567".parse().unwrap();
         let mut frames = vec![
-            ServerFrame::Reply(Reply::Hello { version: 1, software: "natterd/0.1.0" }),
+            ServerFrame::Reply(Reply::Hello {
+                version: 1,
+                software: "natterd/0.1.0",
+            }),
             ServerFrame::Reply(Reply::Welcome),
-            ServerFrame::Reply(Reply::Sent { to: "bob", stored: false }),
-            ServerFrame::Reply(Reply::Sent { to: "bob", stored: true }),
-            ServerFrame::Reply(Reply::Bcast { delivered: 3, blocked: 1 }),
+            ServerFrame::Reply(Reply::Sent {
+                to: "bob",
+                stored: false,
+            }),
+            ServerFrame::Reply(Reply::Sent {
+                to: "bob",
+                stored: true,
+            }),
+            ServerFrame::Reply(Reply::Bcast {
+                delivered: 3,
+                blocked: 1,
+            }),
             ServerFrame::Reply(Reply::Users(vec![])),
             ServerFrame::Reply(Reply::Users(vec!["a", "b"])),
             ServerFrame::Reply(Reply::Blocked { user: "bob" }),
             ServerFrame::Reply(Reply::Unblocked { user: "bob" }),
-            ServerFrame::Reply(Reply::Peer { user: "bob", addr, token: "abc123" }),
+            ServerFrame::Reply(Reply::Peer {
+                user: "bob",
+                addr,
+                token: "abc123",
+            }),
             ServerFrame::Reply(Reply::Ok),
             ServerFrame::Reply(Reply::Pong { token: "" }),
             ServerFrame::Reply(Reply::Pong { token: "x" }),
             ServerFrame::Reply(Reply::Bye),
-            ServerFrame::Push(Push::Msg { id: 9, from: "bob", text: " two  spaces " }),
-            ServerFrame::Push(Push::Bcast { from: "bob", text: "all" }),
+            ServerFrame::Push(Push::Msg {
+                id: 9,
+                from: "bob",
+                text: " two  spaces ",
+            }),
+            ServerFrame::Push(Push::Bcast {
+                from: "bob",
+                text: "all",
+            }),
             ServerFrame::Push(Push::Login(vec!["a"])),
             ServerFrame::Push(Push::Login(vec!["a", "b", "c"])),
             ServerFrame::Push(Push::Logout(vec!["a"])),
             ServerFrame::Push(Push::Ping { seq: 3 }),
-            ServerFrame::Push(Push::Expect { user: "bob", token: "t" }),
+            ServerFrame::Push(Push::Expect {
+                user: "bob",
+                token: "t",
+            }),
             ServerFrame::Push(Push::Timeout),
             ServerFrame::Push(Push::Bye { reason: "shutdown" }),
         ];
@@ -596,7 +783,20 @@ mod tests {
 
     #[test]
     fn garbage_from_the_server_is_an_error_not_a_panic() {
-        for bad in ["", "+", "-", "*", "?x", "+NOPE", "-NOPE", "*MSG x bob hi", "*MSG", "+PEER bob 1.2.3.4", "+PEER bob nope 1 t", "*PING"] {
+        for bad in [
+            "",
+            "+",
+            "-",
+            "*",
+            "?x",
+            "+NOPE",
+            "-NOPE",
+            "*MSG x bob hi",
+            "*MSG",
+            "+PEER bob 1.2.3.4",
+            "+PEER bob nope 1 t",
+            "*PING",
+        ] {
             assert_eq!(parse_server_frame(bad), Err(BadFrame), "{bad:?}");
         }
     }

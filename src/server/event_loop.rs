@@ -109,7 +109,12 @@ impl Server {
             }
             let now = Instant::now();
             for (key, serial) in std::mem::take(&mut self.read_backlog) {
-                if self.hub.sessions.get(key).is_some_and(|s| s.serial == serial) {
+                if self
+                    .hub
+                    .sessions
+                    .get(key)
+                    .is_some_and(|s| s.serial == serial)
+                {
                     self.read(key, now);
                 }
             }
@@ -140,7 +145,9 @@ impl Server {
     }
 
     fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
-        let can_accept = self.accept_ready && self.accept_retry_at.is_none() && self.hub.sessions.len() < self.max_connections;
+        let can_accept = self.accept_ready
+            && self.accept_retry_at.is_none()
+            && self.hub.sessions.len() < self.max_connections;
         if !self.read_backlog.is_empty() || can_accept {
             return Some(Duration::ZERO);
         }
@@ -154,7 +161,9 @@ impl Server {
     fn read(&mut self, key: usize, now: Instant) {
         let mut budget = READ_BUDGET;
         loop {
-            let Some(s) = self.hub.sessions.get_mut(key) else { return };
+            let Some(s) = self.hub.sessions.get_mut(key) else {
+                return;
+            };
             if s.is_closing() {
                 return;
             }
@@ -188,7 +197,9 @@ impl Server {
             }
             let mut failed = Vec::new();
             for &key in &dirty {
-                let Some(s) = self.hub.sessions.get_mut(key) else { continue };
+                let Some(s) = self.hub.sessions.get_mut(key) else {
+                    continue;
+                };
                 if !s.out.is_empty() {
                     match write_until_blocked(&mut s.io, s.out.pending()) {
                         Ok(n) => s.out.consume(n),
@@ -201,8 +212,16 @@ impl Server {
                 }
                 let want = !s.out.is_empty() && !s.is_closing();
                 if want != s.write_interest {
-                    let interest = if want { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-                    if let Err(e) = self.poll.registry().reregister(&mut s.io, Token(key), interest) {
+                    let interest = if want {
+                        Interest::READABLE | Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    if let Err(e) = self
+                        .poll
+                        .registry()
+                        .reregister(&mut s.io, Token(key), interest)
+                    {
                         warn!("conn {key}: reregister failed: {e}");
                         failed.push(key);
                     }
@@ -235,7 +254,11 @@ impl Server {
                         debug!("accept {peer}: TCP_NODELAY failed: {e}");
                     }
                     let key = self.hub.sessions.vacant_key();
-                    if let Err(e) = self.poll.registry().register(&mut stream, Token(key), Interest::READABLE) {
+                    if let Err(e) =
+                        self.poll
+                            .registry()
+                            .register(&mut stream, Token(key), Interest::READABLE)
+                    {
                         warn!("accept {peer}: register failed: {e}");
                         continue;
                     }
@@ -261,7 +284,11 @@ impl Server {
 }
 
 /// Binds and runs; `on_listening` gets the bound address (the binary prints it).
-pub fn run(cfg: Config, credentials: Vec<Credential>, on_listening: impl FnOnce(SocketAddr)) -> Result<(), RunError> {
+pub fn run(
+    cfg: Config,
+    credentials: Vec<Credential>,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), RunError> {
     let server = Server::bind(cfg, credentials)?;
     let addr = server.local_addr().map_err(RunError::Poll)?;
     on_listening(addr);

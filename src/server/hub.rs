@@ -26,7 +26,9 @@ use slab::Slab;
 
 use super::accounts::Credential;
 use super::timer::{TimerHandle, TimerWheel};
-use crate::protocol::frames::{self, ByeReason, ErrorCode, PROTOCOL_VERSION, Push, Reply, Request, RequestError};
+use crate::protocol::frames::{
+    self, ByeReason, ErrorCode, PROTOCOL_VERSION, Push, Reply, Request, RequestError,
+};
 use crate::protocol::{Flow, Frame, LineDecoder, OutBuf};
 
 /// Index of an account in the credentials.
@@ -360,7 +362,9 @@ impl<S> Hub<S> {
 
     /// Feeds bytes read from a connection.
     pub fn feed(&mut self, key: usize, data: &[u8], now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if s.is_closing() {
             return;
         }
@@ -384,7 +388,9 @@ impl<S> Hub<S> {
     /// Appends to a session's output, marking it dirty; a session pushed past
     /// `max_queued` is listed for closing as a slow reader.
     fn emit(&mut self, key: usize, f: impl FnOnce(&mut Vec<u8>)) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if s.is_closing() {
             return;
         }
@@ -411,7 +417,10 @@ impl<S> Hub<S> {
         while let Some(key) = self.overflowed.pop() {
             if self.sessions.get(key).is_some_and(|s| !s.is_closing()) {
                 self.stats.slow_reader_kills += 1;
-                warn!("conn {key}: output queue over {} bytes, disconnecting slow reader", self.cfg.max_queued);
+                warn!(
+                    "conn {key}: output queue over {} bytes, disconnecting slow reader",
+                    self.cfg.max_queued
+                );
                 self.close(key, CloseReason::SlowReader, now);
             }
         }
@@ -449,18 +458,32 @@ impl<S> Hub<S> {
             _ => {}
         }
         let account = match (&mut s.phase, &req) {
-            (Phase::Hello, Request::Hello { version }) | (Phase::Login, Request::Hello { version }) => {
+            (Phase::Hello, Request::Hello { version })
+            | (Phase::Login, Request::Hello { version }) => {
                 if *version == PROTOCOL_VERSION {
                     s.phase = Phase::Login;
                     let software = self.software.clone();
-                    self.reply(key, Reply::Hello { version: PROTOCOL_VERSION, software: &software });
+                    self.reply(
+                        key,
+                        Reply::Hello {
+                            version: PROTOCOL_VERSION,
+                            software: &software,
+                        },
+                    );
                 } else {
                     self.error(key, ErrorCode::Version, &PROTOCOL_VERSION.to_string());
                 }
                 return;
             }
             (Phase::Hello, _) => return self.error(key, ErrorCode::HelloFirst, ""),
-            (Phase::Login, Request::Login { user, password, peer_port }) => {
+            (
+                Phase::Login,
+                Request::Login {
+                    user,
+                    password,
+                    peer_port,
+                },
+            ) => {
                 return self.on_login(key, user, password, *peer_port, now);
             }
             (Phase::Login, _) => return self.error(key, ErrorCode::NotLoggedIn, ""),
@@ -486,34 +509,57 @@ impl<S> Hub<S> {
                 self.reply(key, Reply::Bye);
                 self.close(key, CloseReason::Logout, now);
             }
-            Request::Hello { .. } | Request::Login { .. } | Request::Ping { .. } | Request::Pong { .. } | Request::Ack { .. } => {}
+            Request::Hello { .. }
+            | Request::Login { .. }
+            | Request::Ping { .. }
+            | Request::Pong { .. }
+            | Request::Ack { .. } => {}
         }
     }
 
-    fn on_login(&mut self, key: usize, user: &str, password: &str, peer_port: Option<u16>, now: Instant) {
+    fn on_login(
+        &mut self,
+        key: usize,
+        user: &str,
+        password: &str,
+        peer_port: Option<u16>,
+        now: Instant,
+    ) {
         let peer = self.sessions[key].peer;
         let Some(&id) = self.by_name.get(user) else {
             self.stats.failed_logins += 1;
-            info!("conn {key}: login failed from {} for unknown user {user:?}", peer.ip());
+            info!(
+                "conn {key}: login failed from {} for unknown user {user:?}",
+                peer.ip()
+            );
             return self.error(key, ErrorCode::NoSuchUser, user);
         };
         let block_duration = self.cfg.block_duration;
         let acct = &mut self.accounts[id as usize];
         if acct.locked_until.is_some_and(|t| t > now) {
-            info!("conn {key}: login refused from {} for locked user {user}", peer.ip());
+            info!(
+                "conn {key}: login refused from {} for locked user {user}",
+                peer.ip()
+            );
             self.error(key, ErrorCode::Locked, "");
             return self.close(key, CloseReason::LoginFailed, now);
         }
         if !ct_eq(acct.password.as_bytes(), password.as_bytes()) {
             acct.failures += 1;
             self.stats.failed_logins += 1;
-            info!("conn {key}: login failed from {} for user {user} (wrong password)", peer.ip());
+            info!(
+                "conn {key}: login failed from {} for user {user} (wrong password)",
+                peer.ip()
+            );
             if acct.failures >= 3 {
                 acct.failures = 0;
                 let until = now + block_duration;
                 acct.locked_until = Some(until);
                 self.stats.lockouts += 1;
-                warn!("user {user}: locked for {block_duration:?} after 3 failed logins (last from {})", peer.ip());
+                warn!(
+                    "user {user}: locked for {block_duration:?} after 3 failed logins (last from {})",
+                    peer.ip()
+                );
                 let at = self.coarse(until);
                 self.timers.insert(at, TimerKind::Lockout { account: id });
                 self.error(key, ErrorCode::LockedNow, "");
@@ -524,7 +570,10 @@ impl<S> Hub<S> {
         }
         acct.failures = 0;
         if acct.session.is_some() {
-            info!("conn {key}: login refused from {} for user {user} (already online)", peer.ip());
+            info!(
+                "conn {key}: login refused from {} for user {user} (already online)",
+                peer.ip()
+            );
             self.error(key, ErrorCode::AlreadyOnline, "");
             return self.close(key, CloseReason::LoginFailed, now);
         }
@@ -562,8 +611,12 @@ impl<S> Hub<S> {
             if other == who || blocks.contains(&other) {
                 continue;
             }
-            let Some(key) = self.accounts[other as usize].session else { continue };
-            let Some(s) = self.sessions.get_mut(key) else { continue };
+            let Some(key) = self.accounts[other as usize].session else {
+                continue;
+            };
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
             if s.is_closing() {
                 continue;
             }
@@ -583,14 +636,27 @@ impl<S> Hub<S> {
 
     /// Sends queued mailbox messages to an online account while its window has room.
     fn pump(&mut self, id: AccountId) {
-        let Some(key) = self.accounts[id as usize].session else { return };
-        let Some(s) = self.sessions.get_mut(key) else { return };
-        let Phase::Active(a) = &mut s.phase else { return };
+        let Some(key) = self.accounts[id as usize].session else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Phase::Active(a) = &mut s.phase else {
+            return;
+        };
         let mut sent = false;
         while a.inflight.len() < self.cfg.ack_window {
-            let Some(m) = self.accounts[id as usize].mailbox.pop_front() else { break };
+            let Some(m) = self.accounts[id as usize].mailbox.pop_front() else {
+                break;
+            };
             self.accounts[id as usize].mailbox_bytes -= m.text.len();
-            frames::encode_msg(s.out.tail(), m.id, &self.accounts[m.from as usize].name, &m.text);
+            frames::encode_msg(
+                s.out.tail(),
+                m.id,
+                &self.accounts[m.from as usize].name,
+                &m.text,
+            );
             a.inflight.push_back(m);
             sent = true;
         }
@@ -601,8 +667,12 @@ impl<S> Hub<S> {
     }
 
     fn on_ack(&mut self, key: usize, id: u64) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
-        let Phase::Active(a) = &mut s.phase else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Phase::Active(a) = &mut s.phase else {
+            return;
+        };
         while a.inflight.front().is_some_and(|m| m.id <= id) {
             a.inflight.pop_front();
         }
@@ -629,14 +699,19 @@ impl<S> Hub<S> {
     }
 
     fn on_msg(&mut self, key: usize, me: AccountId, to: &str, text: &str) {
-        let Some(target) = self.lookup(key, me, to) else { return };
+        let Some(target) = self.lookup(key, me, to) else {
+            return;
+        };
         if self.has_blocked(target, me) {
             return self.error(key, ErrorCode::BlockedBy, to);
         }
         let t = &mut self.accounts[target as usize];
         let online = t.session.is_some();
         let window_open = match t.session.and_then(|k| self.sessions.get(k)) {
-            Some(Session { phase: Phase::Active(a), .. }) => a.inflight.len() < self.cfg.ack_window,
+            Some(Session {
+                phase: Phase::Active(a),
+                ..
+            }) => a.inflight.len() < self.cfg.ack_window,
             _ => false,
         };
         let id = self.next_msg_id;
@@ -648,7 +723,11 @@ impl<S> Hub<S> {
                 && let Phase::Active(a) = &mut s.phase
             {
                 frames::encode_msg(s.out.tail(), id, from, text);
-                a.inflight.push_back(Stored { id, from: me, text: text.into() });
+                a.inflight.push_back(Stored {
+                    id,
+                    from: me,
+                    text: text.into(),
+                });
                 if !s.dirty {
                     s.dirty = true;
                     self.dirty.push(tkey);
@@ -660,15 +739,27 @@ impl<S> Hub<S> {
             self.stats.direct_delivered += 1;
             return self.reply(key, Reply::Sent { to, stored: false });
         }
-        if t.mailbox.len() >= self.cfg.mailbox_max_messages || t.mailbox_bytes + text.len() > self.cfg.mailbox_max_bytes {
+        if t.mailbox.len() >= self.cfg.mailbox_max_messages
+            || t.mailbox_bytes + text.len() > self.cfg.mailbox_max_bytes
+        {
             self.stats.mailbox_full += 1;
             return self.error(key, ErrorCode::MailboxFull, to);
         }
         self.next_msg_id += 1;
         t.mailbox_bytes += text.len();
-        t.mailbox.push_back(Stored { id, from: me, text: text.into() });
+        t.mailbox.push_back(Stored {
+            id,
+            from: me,
+            text: text.into(),
+        });
         self.stats.stored += 1;
-        self.reply(key, Reply::Sent { to, stored: !online });
+        self.reply(
+            key,
+            Reply::Sent {
+                to,
+                stored: !online,
+            },
+        );
         if online {
             self.pump(target);
         }
@@ -677,7 +768,11 @@ impl<S> Hub<S> {
     fn on_bcast(&mut self, key: usize, me: AccountId, text: &str) {
         // Encode once, copy to every recipient.
         let mut line = Vec::with_capacity(text.len() + 32);
-        Push::Bcast { from: &self.accounts[me as usize].name, text }.encode(&mut line);
+        Push::Bcast {
+            from: &self.accounts[me as usize].name,
+            text,
+        }
+        .encode(&mut line);
         let (mut delivered, mut blocked) = (0u32, 0u32);
         for &other in &self.online {
             if other == me {
@@ -687,8 +782,12 @@ impl<S> Hub<S> {
                 blocked += 1;
                 continue;
             }
-            let Some(k) = self.accounts[other as usize].session else { continue };
-            let Some(s) = self.sessions.get_mut(k) else { continue };
+            let Some(k) = self.accounts[other as usize].session else {
+                continue;
+            };
+            let Some(s) = self.sessions.get_mut(k) else {
+                continue;
+            };
             if s.is_closing() {
                 continue;
             }
@@ -736,7 +835,9 @@ impl<S> Hub<S> {
     }
 
     fn on_block(&mut self, key: usize, me: AccountId, user: &str, block: bool) {
-        let Some(target) = self.lookup(key, me, user) else { return };
+        let Some(target) = self.lookup(key, me, user) else {
+            return;
+        };
         let blocks = &mut self.accounts[me as usize].blocks;
         if block {
             blocks.insert(target);
@@ -762,7 +863,9 @@ impl<S> Hub<S> {
     }
 
     fn on_private(&mut self, key: usize, me: AccountId, user: &str) {
-        let Some(target) = self.lookup(key, me, user) else { return };
+        let Some(target) = self.lookup(key, me, user) else {
+            return;
+        };
         if self.has_blocked(target, me) {
             return self.error(key, ErrorCode::BlockedBy, user);
         }
@@ -770,7 +873,11 @@ impl<S> Hub<S> {
             return self.error(key, ErrorCode::Offline, user);
         };
         let (ip, port) = match self.sessions.get(tkey) {
-            Some(Session { phase: Phase::Active(a), peer, .. }) => (peer.ip(), a.peer_port),
+            Some(Session {
+                phase: Phase::Active(a),
+                peer,
+                ..
+            }) => (peer.ip(), a.peer_port),
             _ => return self.error(key, ErrorCode::Offline, user),
         };
         let Some(port) = port else {
@@ -778,17 +885,35 @@ impl<S> Hub<S> {
         };
         let token = self.new_token();
         let me_name = self.accounts[me as usize].name.clone();
-        self.emit(tkey, |out| Push::Expect { user: &me_name, token: &token }.encode(out));
-        self.reply(key, Reply::Peer { user, addr: SocketAddr::new(ip, port), token: &token });
+        self.emit(tkey, |out| {
+            Push::Expect {
+                user: &me_name,
+                token: &token,
+            }
+            .encode(out)
+        });
+        self.reply(
+            key,
+            Reply::Peer {
+                user,
+                addr: SocketAddr::new(ip, port),
+                token: &token,
+            },
+        );
     }
 
     /// Ends a session: the one close path. Safe to call twice.
     pub fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if s.is_closing() {
             return;
         }
-        for t in [s.login_timer.take(), s.live_timer.take()].into_iter().flatten() {
+        for t in [s.login_timer.take(), s.live_timer.take()]
+            .into_iter()
+            .flatten()
+        {
             self.timers.cancel(t);
         }
         if reason == CloseReason::SlowReader {
@@ -833,7 +958,9 @@ impl<S> Hub<S> {
     }
 
     fn session_if(&mut self, key: usize, serial: u64) -> Option<&mut Session<S>> {
-        self.sessions.get_mut(key).filter(|s| s.serial == serial && !s.is_closing())
+        self.sessions
+            .get_mut(key)
+            .filter(|s| s.serial == serial && !s.is_closing())
     }
 
     fn on_timer(&mut self, t: TimerKind, now: Instant) {
@@ -846,19 +973,33 @@ impl<S> Hub<S> {
                 }
             }
             TimerKind::Login { key, serial } => {
-                let Some(s) = self.session_if(key, serial) else { return };
+                let Some(s) = self.session_if(key, serial) else {
+                    return;
+                };
                 s.login_timer = None;
                 if matches!(s.phase, Phase::Hello | Phase::Login) {
                     self.stats.login_timeouts += 1;
-                    info!("conn {key}: no login within {:?}, closing", self.cfg.login_timeout);
-                    self.emit(key, |out| Push::Bye { reason: ByeReason::LoginTimeout.as_str() }.encode(out));
+                    info!(
+                        "conn {key}: no login within {:?}, closing",
+                        self.cfg.login_timeout
+                    );
+                    self.emit(key, |out| {
+                        Push::Bye {
+                            reason: ByeReason::LoginTimeout.as_str(),
+                        }
+                        .encode(out)
+                    });
                     self.close(key, CloseReason::LoginTimeout, now);
                 }
             }
             TimerKind::Idle { key, serial } => {
                 let timeout = self.cfg.timeout;
-                let Some(s) = self.session_if(key, serial) else { return };
-                let Phase::Active(a) = &mut s.phase else { return };
+                let Some(s) = self.session_if(key, serial) else {
+                    return;
+                };
+                let Phase::Active(a) = &mut s.phase else {
+                    return;
+                };
                 a.idle_timer = None;
                 let deadline = a.last_activity + timeout;
                 if deadline <= now {
@@ -868,14 +1009,20 @@ impl<S> Hub<S> {
                 } else {
                     let at = self.coarse(deadline);
                     let h = self.timers.insert(at, TimerKind::Idle { key, serial });
-                    if let Some(Session { phase: Phase::Active(a), .. }) = self.sessions.get_mut(key) {
+                    if let Some(Session {
+                        phase: Phase::Active(a),
+                        ..
+                    }) = self.sessions.get_mut(key)
+                    {
                         a.idle_timer = Some(h);
                     }
                 }
             }
             TimerKind::Live { key, serial } => {
                 let (interval, grace) = (self.cfg.ping_interval, self.cfg.ping_timeout);
-                let Some(s) = self.session_if(key, serial) else { return };
+                let Some(s) = self.session_if(key, serial) else {
+                    return;
+                };
                 s.live_timer = None;
                 s.shrink();
                 if let Some(sent) = s.ping_sent {
@@ -908,7 +1055,12 @@ impl<S> Hub<S> {
     pub fn shutdown(&mut self, now: Instant) {
         let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.emit(key, |out| Push::Bye { reason: ByeReason::Shutdown.as_str() }.encode(out));
+            self.emit(key, |out| {
+                Push::Bye {
+                    reason: ByeReason::Shutdown.as_str(),
+                }
+                .encode(out)
+            });
             self.close(key, CloseReason::Shutdown, now);
         }
     }

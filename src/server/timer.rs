@@ -114,7 +114,12 @@ impl<T> TimerWheel<T> {
     pub fn insert(&mut self, deadline: Instant, value: T) -> TimerHandle {
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
-        let key = self.entries.insert(Entry { due: 0, pos: 0, generation, value }) as u32;
+        let key = self.entries.insert(Entry {
+            due: 0,
+            pos: 0,
+            generation,
+            value,
+        }) as u32;
         let due = self.due_tick(deadline);
         self.place(key, due);
         TimerHandle { key, generation }

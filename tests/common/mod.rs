@@ -58,7 +58,9 @@ impl Server {
         let mut child = cmd.spawn().expect("spawn natterd");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
         let addr = line
             .strip_prefix("natterd listening on ")
             .and_then(|a| a.trim().parse().ok())
@@ -76,7 +78,8 @@ impl Server {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -117,7 +120,10 @@ impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_nodelay(true).ok();
-        Raw { stream, buf: Vec::new() }
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, line: &str) {
@@ -135,18 +141,27 @@ impl Raw {
         loop {
             if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
-                return Ok(Some(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned()));
+                return Ok(Some(
+                    String::from_utf8_lossy(&line[..line.len() - 1]).into_owned(),
+                ));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(format!("no line within {wait:?} (partial: {:?})", String::from_utf8_lossy(&self.buf)));
+                return Err(format!(
+                    "no line within {wait:?} (partial: {:?})",
+                    String::from_utf8_lossy(&self.buf)
+                ));
             }
             self.stream.set_read_timeout(Some(left)).ok();
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(None),
                 Err(e) => return Err(format!("read error: {e}")),
             }
@@ -180,14 +195,19 @@ impl Raw {
 
     pub fn expect_prefix(&mut self, prefix: &str) -> String {
         let got = self.next_frame();
-        assert!(got.starts_with(prefix), "expected {prefix:?}..., got {got:?}");
+        assert!(
+            got.starts_with(prefix),
+            "expected {prefix:?}..., got {got:?}"
+        );
         got
     }
 
     /// Expects a direct message push with this sender and text; returns its id (and acks it).
     pub fn expect_msg(&mut self, from: &str, text: &str) -> u64 {
         let got = self.next_frame();
-        let rest = got.strip_prefix("*MSG ").unwrap_or_else(|| panic!("expected *MSG, got {got:?}"));
+        let rest = got
+            .strip_prefix("*MSG ")
+            .unwrap_or_else(|| panic!("expected *MSG, got {got:?}"));
         let (id, body) = rest.split_once(' ').expect("id");
         assert_eq!(body, format!("{from} {text}"), "in {got:?}");
         let id: u64 = id.parse().expect("numeric id");
@@ -229,7 +249,9 @@ impl Cli {
             Some(p) => cmd.env("NATTER_PASSWORD", p),
             None => cmd.env_remove("NATTER_PASSWORD"),
         };
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn natter");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = channel();
@@ -242,7 +264,11 @@ impl Cli {
             }
         });
         let stdin = child.stdin.take();
-        Cli { child, stdin, lines: rx }
+        Cli {
+            child,
+            stdin,
+            lines: rx,
+        }
     }
 
     /// Starts a client and logs in through the prompts (username and password on stdin).
@@ -281,7 +307,9 @@ impl Cli {
 
     /// Expects these lines in any order (for output whose order the contract leaves open).
     pub fn expect_set(&mut self, want: &[&str]) {
-        let mut got: Vec<String> = (0..want.len()).map(|_| self.next_line().unwrap_or_default()).collect();
+        let mut got: Vec<String> = (0..want.len())
+            .map(|_| self.next_line().unwrap_or_default())
+            .collect();
         got.sort();
         let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
         want.sort();
@@ -340,7 +368,10 @@ impl Raw {
     /// Expects a frame starting with one of `prefixes`.
     pub fn expect_prefix_any(&mut self, prefixes: &[&str]) -> String {
         let got = self.next_frame();
-        assert!(prefixes.iter().any(|p| got.starts_with(p)), "expected one of {prefixes:?}, got {got:?}");
+        assert!(
+            prefixes.iter().any(|p| got.starts_with(p)),
+            "expected one of {prefixes:?}, got {got:?}"
+        );
         got
     }
 }
