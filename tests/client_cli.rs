@@ -181,15 +181,27 @@ fn unreachable_server_and_bad_arguments() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port().to_string();
     drop(listener);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter")).args(["127.0.0.1", &port]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+        .args(["127.0.0.1", &port])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with(&format!("natter: cannot connect to 127.0.0.1:{port}: ")), "{err}");
+    assert!(
+        err.starts_with(&format!("natter: cannot connect to 127.0.0.1:{port}: ")),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter")).args(["not-an-ip"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+        .args(["not-an-ip"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter")).arg("--version").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_natter"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }
 

@@ -121,9 +121,12 @@ impl Link {
         loop {
             match read_step(&mut self.stream, buf) {
                 Step::Done(n) => self.decoder.feed(&buf[..n], frames::MAX_LINE, |f| {
-                    if let Frame::Line(l) = f {
-                        lines.push(l.to_string());
-                    }
+                    // An unreadable line becomes one no verb matches, so a handshake
+                    // fails at once while an open session just ignores it.
+                    lines.push(match f {
+                        Frame::Line(l) => l.to_string(),
+                        Frame::TooLong | Frame::BadUtf8 => "\u{0}".to_string(),
+                    });
                     Flow::Continue
                 }),
                 Step::WouldBlock => return (lines, false),
@@ -398,7 +401,12 @@ impl App {
             Stage::AskUser | Stage::AskPassword(_) => {
                 self.pending.iter().all(|p| *p == Pending::Hello)
             }
-            Stage::Active => self.pending.is_empty() && self.connecting.is_none(),
+            // `ACTIVE` notes (for private commands and invalid ones) print nothing, so
+            // they never hold input back: private chat keeps flowing even when the
+            // server is slow or unreachable.
+            Stage::Active => {
+                self.pending.iter().all(|p| *p == Pending::Active) && self.connecting.is_none()
+            }
             Stage::LoggingIn(_) | Stage::LoggingOut => false,
         }
     }
