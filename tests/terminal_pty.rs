@@ -22,7 +22,12 @@ struct Pty {
 
 impl Pty {
     fn spawn(server: &Server) -> Pty {
-        let ws = Winsize { ws_row: 24, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+        let ws = Winsize {
+            ws_row: 24,
+            ws_col: 100,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
         let pty = openpty(Some(&ws), None).expect("openpty");
         let child = Command::new(env!("CARGO_BIN_EXE_natter"))
             .arg("127.0.0.1")
@@ -47,7 +52,12 @@ impl Pty {
                 sink.lock().unwrap().extend_from_slice(&buf[..n]);
             }
         });
-        Pty { child, writer, output, slave: pty.slave }
+        Pty {
+            child,
+            writer,
+            output,
+            slave: pty.slave,
+        }
     }
 
     fn keys(&mut self, bytes: &[u8]) {
@@ -67,7 +77,10 @@ impl Pty {
 
     fn rows(&self) -> Vec<String> {
         let p = self.screen();
-        p.screen().rows(0, 100).map(|r| r.trim_end().to_string()).collect()
+        p.screen()
+            .rows(0, 100)
+            .map(|r| r.trim_end().to_string())
+            .collect()
     }
 
     /// The row the cursor is on.
@@ -78,7 +91,9 @@ impl Pty {
     }
 
     fn wait_for(&self, text: &str) {
-        wait_until(&format!("screen to show {text:?}"), || self.rows().iter().any(|r| r.contains(text)));
+        wait_until(&format!("screen to show {text:?}"), || {
+            self.rows().iter().any(|r| r.contains(text))
+        });
     }
 }
 
@@ -92,7 +107,10 @@ fn interactive_session_on_a_pty() {
     t.wait_for("Password:");
     t.keys(b"falcon*solo\r");
     t.wait_for("Welcome to the greatest messaging application ever!");
-    assert!(!t.raw_output().contains("falcon*solo"), "password was echoed");
+    assert!(
+        !t.raw_output().contains("falcon*solo"),
+        "password was echoed"
+    );
     yoda.expect("*LOGIN hans");
     wait_until("the prompt", || t.cursor_row() == ">");
 
@@ -101,12 +119,18 @@ fn interactive_session_on_a_pty() {
     wait_until("typed text", || t.cursor_row() == "> message yoda hel");
     assert_eq!(yoda.request("MSG hans incoming!"), "+SENT hans");
     t.wait_for("yoda: incoming!");
-    wait_until("the redrawn line", || t.cursor_row() == "> message yoda hel");
+    wait_until("the redrawn line", || {
+        t.cursor_row() == "> message yoda hel"
+    });
     let rows = t.rows();
     let msg_row = rows.iter().position(|r| r == "yoda: incoming!").unwrap();
     assert_eq!(rows[msg_row + 1], "> message yoda hel");
     let (_, col) = t.screen().screen().cursor_position();
-    assert_eq!(col as usize, "> message yoda hel".len(), "cursor at the end of the input");
+    assert_eq!(
+        col as usize,
+        "> message yoda hel".len(),
+        "cursor at the end of the input"
+    );
     t.keys(b"lo\r");
     yoda.expect_msg("hans", "hello");
 
@@ -114,7 +138,9 @@ fn interactive_session_on_a_pty() {
     t.keys(b"junk\x15");
     wait_until("cleared line", || t.cursor_row() == ">");
     t.keys(b"\x1b[A");
-    wait_until("history recall", || t.cursor_row() == "> message yoda hello");
+    wait_until("history recall", || {
+        t.cursor_row() == "> message yoda hello"
+    });
     t.keys(b"\x01\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x1b[C\x05 again\r");
     yoda.expect_msg("hans", "hello again");
     // Tab completes commands and known names.
@@ -129,5 +155,10 @@ fn interactive_session_on_a_pty() {
     wait_until("natter to exit", || t.child.try_wait().unwrap().is_some());
     assert_eq!(t.child.wait().unwrap().code(), Some(0));
     let attrs = tcgetattr(&t.slave).unwrap();
-    assert!(attrs.local_flags.contains(LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG), "terminal not restored");
+    assert!(
+        attrs
+            .local_flags
+            .contains(LocalFlags::ECHO | LocalFlags::ICANON | LocalFlags::ISIG),
+        "terminal not restored"
+    );
 }

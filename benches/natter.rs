@@ -1,0 +1,217 @@
+//! Criterion benches: the codec, routing through the real hub state (no sockets),
+//! broadcast fan-out, and the timer wheel. `cargo bench`; reports in target/criterion.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use natter::protocol::frames::{self, Push, Reply, Request};
+use natter::protocol::{Flow, LineDecoder};
+use natter::server::accounts::Credential;
+use natter::server::timer::TimerWheel;
+use natter::server::{Hub, HubConfig};
+
+/// Encodes one frame into a buffer.
+type Encoder = Box<dyn Fn(&mut Vec<u8>)>;
+
+fn codec(c: &mut Criterion) {
+    let mut g = c.benchmark_group("codec");
+    let requests = [
+        (
+            "msg",
+            "MSG yoda hello there, this is a sixty-four byte chat message.....",
+        ),
+        ("bcast", "BCAST hello everyone, this is a broadcast"),
+        ("login", "LOGIN hans falcon*solo 40000"),
+        ("whoelsesince", "WHOELSESINCE 1h 30m"),
+        ("ack", "ACK 123456789"),
+    ];
+    for (name, line) in requests {
+        g.bench_with_input(BenchmarkId::new("parse_request", name), line, |b, l| {
+            b.iter(|| frames::parse_request(black_box(l)).is_ok())
+        });
+    }
+    let mut stream = Vec::new();
+    for i in 0..1000 {
+        stream
+            .extend_from_slice(format!("MSG yoda message number {i} with some text\n").as_bytes());
+    }
+    g.throughput(Throughput::Bytes(stream.len() as u64));
+    g.bench_function("decode_1000_lines_in_4k_reads", |b| {
+        b.iter(|| {
+            let mut d = LineDecoder::default();
+            let mut n = 0;
+            for chunk in stream.chunks(4096) {
+                d.feed(black_box(chunk), 8192, |_| {
+                    n += 1;
+                    Flow::Continue
+                });
+            }
+            n
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    let text = "x".repeat(64);
+    g.bench_function("encode_push_msg", |b| {
+        let mut out = Vec::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            frames::encode_msg(&mut out, black_box(123456), "hans", &text);
+            out.len()
+        })
+    });
+    let frames_to_encode: Vec<(&str, Encoder)> = vec![
+        (
+            "request_msg",
+            Box::new(|o| {
+                Request::Msg {
+                    to: "yoda",
+                    text: "hi",
+                }
+                .encode(o)
+            }),
+        ),
+        (
+            "reply_users",
+            Box::new(|o| Reply::Users(vec!["a", "b", "c"]).encode(o)),
+        ),
+        (
+            "push_login",
+            Box::new(|o| Push::Login(vec!["yoda"]).encode(o)),
+        ),
+        (
+            "reply_error",
+            Box::new(|o| {
+                Reply::Error {
+                    code: frames::ErrorCode::BlockedBy,
+                    arg: "yoda",
+                }
+                .encode(o)
+            }),
+        ),
+    ];
+    for (name, f) in &frames_to_encode {
+        g.bench_function(BenchmarkId::new("encode", name), |b| {
+            let mut out = Vec::with_capacity(256);
+            b.iter(|| {
+                out.clear();
+                f(&mut out);
+                out.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A hub with `n` users all logged in on socket-less sessions.
+fn hub_with(n: usize) -> (Hub<()>, Vec<usize>, Instant) {
+    let creds = (0..n)
+        .map(|i| Credential {
+            name: format!("u{i}"),
+            password: "pw".into(),
+        })
+        .collect();
+    let now = Instant::now();
+    let cfg = HubConfig {
+        max_queued: usize::MAX,
+        ..HubConfig::default()
+    };
+    let mut hub = Hub::new(creds, cfg, now);
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let k = hub.accept((), addr, now);
+        hub.feed(k, format!("HELLO 1\nLOGIN u{i} pw\n").as_bytes(), now);
+        keys.push(k);
+    }
+    drain(&mut hub);
+    (hub, keys, now)
+}
+
+/// Pretends every queued byte was written.
+fn drain(hub: &mut Hub<()>) {
+    let dirty = hub.take_dirty();
+    for &k in &dirty {
+        if let Some(s) = hub.sessions.get_mut(k) {
+            let n = s.out.len();
+            s.out.consume(n);
+        }
+    }
+    hub.flushed(dirty);
+}
+
+fn routing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hub");
+    g.throughput(Throughput::Elements(1));
+    let (mut hub, keys, now) = hub_with(1000);
+    let msg = b"MSG u1 hello there, this is a sixty-four byte chat message.......\n";
+    g.bench_function("direct_message_and_ack", |b| {
+        b.iter(|| {
+            hub.feed(keys[0], black_box(msg), now);
+            hub.feed(keys[1], b"ACK 18446744073709551615\n", now);
+            drain(&mut hub);
+        })
+    });
+    for n in [1000usize, 10_000] {
+        let (mut hub, keys, now) = hub_with(n);
+        g.throughput(Throughput::Elements(n as u64 - 1));
+        g.bench_with_input(BenchmarkId::new("broadcast_fanout", n), &n, |b, _| {
+            b.iter(|| {
+                hub.feed(
+                    keys[0],
+                    black_box(
+                        b"BCAST hello everyone, a sixty-four byte broadcast message.......\n",
+                    ),
+                    now,
+                );
+                drain(&mut hub);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn timers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("timer_wheel");
+    let n = 100_000u64;
+    g.throughput(Throughput::Elements(n));
+    let t0 = Instant::now();
+    g.bench_function(BenchmarkId::new("insert", n), |b| {
+        b.iter(|| {
+            let mut w = TimerWheel::new(t0, Duration::from_millis(100), 1024);
+            for i in 0..n {
+                w.insert(t0 + Duration::from_millis(i % 600_000), i);
+            }
+            w.len()
+        })
+    });
+    g.bench_function(BenchmarkId::new("reset", n), |b| {
+        let mut w = TimerWheel::new(t0, Duration::from_millis(100), 1024);
+        let hs: Vec<_> = (0..n)
+            .map(|i| w.insert(t0 + Duration::from_millis(i % 600_000), i))
+            .collect();
+        let mut shift = 0;
+        b.iter(|| {
+            shift += 1;
+            for (i, h) in hs.iter().enumerate() {
+                w.reset(*h, t0 + Duration::from_millis((i as u64 + shift) % 600_000));
+            }
+        })
+    });
+    g.bench_function(BenchmarkId::new("insert_then_expire_all", n), |b| {
+        b.iter(|| {
+            let mut w = TimerWheel::new(t0, Duration::from_millis(100), 1024);
+            for i in 0..n {
+                w.insert(t0 + Duration::from_millis(i % 60_000), i);
+            }
+            let mut fired = 0u64;
+            w.expire(t0 + Duration::from_secs(61), |_| fired += 1);
+            fired
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, routing, timers);
+criterion_main!(benches);
