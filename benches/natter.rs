@@ -124,6 +124,8 @@ fn hub_with(n: usize) -> (Hub<()>, Vec<usize>, Instant) {
         let k = hub.accept((), addr, now);
         hub.feed(k, format!("HELLO 1\nLOGIN u{i} pw\n").as_bytes(), now);
         keys.push(k);
+        // Presence lines pile up quadratically: drain as we go.
+        drain(&mut hub);
     }
     drain(&mut hub);
     (hub, keys, now)
