@@ -10,6 +10,7 @@
 //! The binaries in `src/bin/` only turn command-line flags into a checked config and
 //! call into this library.
 
+pub mod cli;
 pub mod client;
 pub mod logging;
 pub mod net;

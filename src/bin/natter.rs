@@ -27,20 +27,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match natter::cli::parse_args("natter") {
         Ok(a) => a,
-        Err(e) => {
-            if !e.use_stderr() {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.render().to_string();
-            eprintln!(
-                "natter: {}",
-                text.lines().next().unwrap_or("invalid arguments")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     natter::logging::init("natter", 0);
     let cfg = ClientConfig {

@@ -61,20 +61,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args: Args = match natter::cli::parse_args("natterd") {
         Ok(a) => a,
-        Err(e) => {
-            if !e.use_stderr() {
-                let _ = e.print();
-                return ExitCode::SUCCESS;
-            }
-            let text = e.render().to_string();
-            eprintln!(
-                "natterd: {}",
-                text.lines().next().unwrap_or("invalid arguments")
-            );
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     natter::logging::init("natterd", args.verbose);
     if args.max_line == 0 || args.max_queued < args.max_line || args.ack_window == 0 {

@@ -157,6 +157,18 @@ enum PeerState {
     },
 }
 
+impl PeerState {
+    /// When a connection still being set up gives up (an open session has no deadline).
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            PeerState::Connecting { deadline, .. }
+            | PeerState::AwaitOk { deadline, .. }
+            | PeerState::AwaitHello { deadline } => Some(*deadline),
+            PeerState::Established { .. } => None,
+        }
+    }
+}
+
 struct Peer {
     link: Link,
     state: PeerState,
@@ -1014,12 +1026,7 @@ impl App {
     fn deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
         self.peers
             .iter()
-            .filter_map(|(_, p)| match &p.state {
-                PeerState::Connecting { deadline, .. }
-                | PeerState::AwaitOk { deadline, .. }
-                | PeerState::AwaitHello { deadline } => Some(*deadline),
-                PeerState::Established { .. } => None,
-            })
+            .filter_map(|(_, p)| p.state.deadline())
             .chain(self.logout_deadline)
     }
 
@@ -1040,12 +1047,7 @@ impl App {
         let late: Vec<usize> = self
             .peers
             .iter()
-            .filter(|(_, p)| match &p.state {
-                PeerState::Connecting { deadline, .. }
-                | PeerState::AwaitOk { deadline, .. }
-                | PeerState::AwaitHello { deadline } => *deadline <= now,
-                PeerState::Established { .. } => false,
-            })
+            .filter(|(_, p)| p.state.deadline().is_some_and(|d| d <= now))
             .map(|(k, _)| k)
             .collect();
         for k in late {
