@@ -788,33 +788,38 @@ impl App {
 
     // ---- peers --------------------------------------------------------------------
 
-    fn connect_peer(&mut self, user: String, addr: SocketAddr, token: &str, now: Instant) {
-        let fail = |app: &mut App, user: &str| app.line(&r::private_unreachable(user));
-        let Ok(mut stream) = TcpStream::connect(addr) else {
-            return fail(self, &user);
-        };
+    /// Registers a peer connection in the slab and the poll; None if registration failed.
+    fn add_peer(&mut self, mut stream: TcpStream, state: PeerState) -> Option<usize> {
+        let _ = stream.set_nodelay(true);
         let key = self.peers.vacant_key();
-        if self
-            .poll
+        self.poll
             .registry()
             .register(
                 &mut stream,
                 Token(PEER_BASE + key),
                 Interest::READABLE | Interest::WRITABLE,
             )
-            .is_err()
-        {
-            return fail(self, &user);
-        }
-        self.peers.insert(Peer {
+            .ok()?;
+        Some(self.peers.insert(Peer {
             link: Link::new(stream),
-            state: PeerState::Connecting {
-                user,
-                token: token.to_string(),
-                deadline: now + PEER_CONNECT_TIMEOUT,
-            },
-        });
-        self.connecting = Some(key);
+            state,
+        }))
+    }
+
+    fn connect_peer(&mut self, user: String, addr: SocketAddr, token: &str, now: Instant) {
+        let Ok(stream) = TcpStream::connect(addr) else {
+            return self.line(&r::private_unreachable(&user));
+        };
+        let deadline = now + PEER_CONNECT_TIMEOUT;
+        let state = PeerState::Connecting {
+            user: user.clone(),
+            token: token.to_string(),
+            deadline,
+        };
+        match self.add_peer(stream, state) {
+            Some(key) => self.connecting = Some(key),
+            None => self.line(&r::private_unreachable(&user)),
+        }
     }
 
     fn accept_peers(&mut self, now: Instant) {
@@ -823,7 +828,7 @@ impl App {
                 return;
             };
             match listener.accept() {
-                Ok((mut stream, _)) => {
+                Ok((stream, _)) => {
                     let waiting = self
                         .peers
                         .iter()
@@ -832,25 +837,8 @@ impl App {
                     if waiting >= MAX_PENDING_PEERS {
                         continue; // dropped: closes at once
                     }
-                    let _ = stream.set_nodelay(true);
-                    let key = self.peers.vacant_key();
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(PEER_BASE + key),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_ok()
-                    {
-                        self.peers.insert(Peer {
-                            link: Link::new(stream),
-                            state: PeerState::AwaitHello {
-                                deadline: now + PEER_HELLO_TIMEOUT,
-                            },
-                        });
-                    }
+                    let deadline = now + PEER_HELLO_TIMEOUT;
+                    let _ = self.add_peer(stream, PeerState::AwaitHello { deadline });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -225,6 +225,25 @@ pub struct Hub<S> {
     pub stats: Stats,
 }
 
+/// Bookkeeping after output was appended to session `key`: list it for the flush once,
+/// and for closing as a slow reader if its queue passed `max_queued`. A free function so
+/// fan-out loops can call it while borrowing the accounts.
+fn after_append<S>(
+    s: &mut Session<S>,
+    key: usize,
+    dirty: &mut Vec<usize>,
+    overflowed: &mut Vec<usize>,
+    max_queued: usize,
+) {
+    if !s.dirty {
+        s.dirty = true;
+        dirty.push(key);
+    }
+    if s.out.len() > max_queued {
+        overflowed.push(key);
+    }
+}
+
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     // Constant time in the contents (the length is not secret enough to hide).
     if a.len() != b.len() {
@@ -395,13 +414,13 @@ impl<S> Hub<S> {
             return;
         }
         f(s.out.tail());
-        if !s.dirty {
-            s.dirty = true;
-            self.dirty.push(key);
-        }
-        if s.out.len() > self.cfg.max_queued {
-            self.overflowed.push(key);
-        }
+        after_append(
+            s,
+            key,
+            &mut self.dirty,
+            &mut self.overflowed,
+            self.cfg.max_queued,
+        );
     }
 
     fn reply(&mut self, key: usize, r: Reply<'_>) {
@@ -624,13 +643,13 @@ impl<S> Hub<S> {
             out.extend_from_slice(prefix);
             out.extend_from_slice(name.as_bytes());
             out.push(b'\n');
-            if !s.dirty {
-                s.dirty = true;
-                self.dirty.push(key);
-            }
-            if s.out.len() > self.cfg.max_queued {
-                self.overflowed.push(key);
-            }
+            after_append(
+                s,
+                key,
+                &mut self.dirty,
+                &mut self.overflowed,
+                self.cfg.max_queued,
+            );
         }
     }
 
@@ -728,13 +747,13 @@ impl<S> Hub<S> {
                     from: me,
                     text: text.into(),
                 });
-                if !s.dirty {
-                    s.dirty = true;
-                    self.dirty.push(tkey);
-                }
-                if s.out.len() > self.cfg.max_queued {
-                    self.overflowed.push(tkey);
-                }
+                after_append(
+                    s,
+                    tkey,
+                    &mut self.dirty,
+                    &mut self.overflowed,
+                    self.cfg.max_queued,
+                );
             }
             self.stats.direct_delivered += 1;
             return self.reply(key, Reply::Sent { to, stored: false });
@@ -792,13 +811,13 @@ impl<S> Hub<S> {
                 continue;
             }
             s.out.tail().extend_from_slice(&line);
-            if !s.dirty {
-                s.dirty = true;
-                self.dirty.push(k);
-            }
-            if s.out.len() > self.cfg.max_queued {
-                self.overflowed.push(k);
-            }
+            after_append(
+                s,
+                k,
+                &mut self.dirty,
+                &mut self.overflowed,
+                self.cfg.max_queued,
+            );
             delivered += 1;
         }
         self.stats.broadcast_deliveries += u64::from(delivered);
