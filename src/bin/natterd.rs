@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use natter::server::event_loop::StoreConfig;
+use natter::server::store::FsyncPolicy;
 use natter::server::{self, Config, HubConfig};
 use natter::units::{parse_duration, parse_size};
 
@@ -55,6 +57,19 @@ struct Args {
     /// Bytes of message text a user's offline mailbox holds at most.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     mailbox_max_bytes: usize,
+    /// Where offline messages, block lists, login history and lockouts are kept.
+    #[arg(long, default_value = "natter-data")]
+    data_dir: PathBuf,
+    /// Keep everything in memory only (a restart forgets it all).
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
+    /// When the journal is forced to disk: `always` (before a message counts as
+    /// stored), `everysec` (may lose the last second on power loss), `no` (the kernel decides).
+    #[arg(long, default_value = "always")]
+    fsync: FsyncPolicy,
+    /// The journal is rewritten from the live data once it doubles, but not below this size.
+    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    compact_min: usize,
     /// More logging: -v logins and limits, -vv connections (default: warnings only, or RUST_LOG).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -97,6 +112,11 @@ fn main() -> ExitCode {
     let cfg = Config {
         addr: SocketAddr::new(args.bind, args.port),
         max_connections,
+        store: StoreConfig {
+            dir: (!args.in_memory).then_some(args.data_dir),
+            fsync: args.fsync,
+            compact_min: args.compact_min as u64,
+        },
         hub: HubConfig {
             block_duration: args.block_duration,
             timeout: args.timeout,

@@ -79,6 +79,8 @@ pub fn too_long(limit: &str) -> String {
     format!("Error. Line too long (limit {limit} bytes)")
 }
 pub const RATE_LIMITED: &str = "Error. You are sending too fast; slow down";
+pub const STORE_UNAVAILABLE: &str =
+    "Error. The server cannot store messages right now. Please try again later";
 pub const SERVER_LOST: &str = "Connection to the server lost";
 
 /// What `*BYE <reason>` shows.
@@ -114,6 +116,7 @@ pub fn error_line(pending: &Pending, code: ErrorCode, arg: &str) -> String {
         (_, UnknownCommand | BadArguments) => INVALID_COMMAND.to_string(),
         (_, TooLong) => too_long(arg),
         (_, RateLimited) => RATE_LIMITED.to_string(),
+        (_, StoreUnavailable) => STORE_UNAVAILABLE.to_string(),
         (_, NoSuchUser) => INVALID_USER.to_string(),
         (Pending::Message, SelfTarget) => MESSAGE_SELF.to_string(),
         (Pending::Block, SelfTarget) => BLOCK_SELF.to_string(),

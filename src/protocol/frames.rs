@@ -251,10 +251,12 @@ pub enum ErrorCode {
     MailboxFull,
     /// The client is sending faster than the server's flood limit allows.
     RateLimited,
+    /// The server cannot store messages right now (its disk is failing).
+    StoreUnavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::Version,
         ErrorCode::HelloFirst,
         ErrorCode::NotLoggedIn,
@@ -275,6 +277,7 @@ impl ErrorCode {
         ErrorCode::NoPeer,
         ErrorCode::MailboxFull,
         ErrorCode::RateLimited,
+        ErrorCode::StoreUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -299,6 +302,7 @@ impl ErrorCode {
             ErrorCode::NoPeer => "NO_PEER",
             ErrorCode::MailboxFull => "MAILBOX_FULL",
             ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::StoreUnavailable => "STORE_UNAVAILABLE",
         }
     }
 

@@ -6,25 +6,35 @@
 //!    per-iteration budget, after which it is revisited next iteration without
 //!    waiting), feeding the bytes to the hub; note write readiness;
 //! 3. fire due timers;
-//! 4. flush every dirty connection once (one `write` carries all the frames queued
+//! 4. commit: hand the journal batch the hub built this iteration to the writer
+//!    thread (one batch per iteration: group commit), rewrite the journal if it has
+//!    grown, and release output held for batches the writer reported durable;
+//! 5. flush every dirty connection once (one `write` carries all the frames queued
 //!    for it this iteration), and keep write interest only while output is pending;
-//! 5. sweep connections the hub closed: deregister and drop them;
-//! 6. accept new connections (deferred to here, so a new connection can never
+//!    output held for a batch not yet durable waits;
+//! 6. sweep connections the hub closed: deregister and drop them (those with held
+//!    output linger until it is released and flushed);
+//! 7. accept new connections (deferred to here, so a new connection can never
 //!    receive an event or timer meant for a closed one that held its slab key).
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::accounts::Credential;
 use super::hub::{CloseReason, Hub, HubConfig};
+use super::store::{DataDir, FsyncPolicy, Journal, StoreError};
 use crate::net::{Step, read_step, write_until_blocked};
 
 const LISTENER: Token = Token(usize::MAX);
+/// Woken by the journal writer when batches become durable.
+const WAKER: Token = Token(usize::MAX - 1);
 
 /// Bytes read from one connection per iteration before others get a turn.
 const READ_BUDGET: usize = 256 * 1024;
@@ -39,6 +49,27 @@ pub struct Config {
     pub hub: HubConfig,
     /// Most simultaneous connections; accepting pauses at the limit.
     pub max_connections: usize,
+    pub store: StoreConfig,
+}
+
+/// Where and how durable state is kept.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The data directory; `None` keeps everything in memory only.
+    pub dir: Option<PathBuf>,
+    pub fsync: FsyncPolicy,
+    /// The journal is not rewritten below this size.
+    pub compact_min: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            dir: None,
+            fsync: FsyncPolicy::Always,
+            compact_min: 4 << 20,
+        }
+    }
 }
 
 /// Why the server stopped.
@@ -46,6 +77,7 @@ pub struct Config {
 pub enum RunError {
     Bind(SocketAddr, io::Error),
     Poll(io::Error),
+    Store(StoreError),
 }
 
 impl std::fmt::Display for RunError {
@@ -53,6 +85,7 @@ impl std::fmt::Display for RunError {
         match self {
             RunError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             RunError::Poll(e) => write!(f, "event loop failed: {e}"),
+            RunError::Store(e) => write!(f, "cannot open the store: {e}"),
         }
     }
 }
@@ -64,6 +97,9 @@ pub struct Server {
     poll: Poll,
     listener: TcpListener,
     hub: Hub<TcpStream>,
+    journal: Option<Journal>,
+    /// The last durable batch the hub was told about.
+    durable: u64,
     max_connections: usize,
     scratch: Box<[u8]>,
     /// Connections whose read budget ran out: (key, serial), revisited next iteration.
@@ -80,10 +116,36 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(RunError::Poll)?;
+        let now = Instant::now();
+        let mut hub = Hub::new(credentials, cfg.hub, now);
+        let journal = match &cfg.store.dir {
+            None => None,
+            Some(dir) => {
+                let (data, recovered) = DataDir::open(dir).map_err(RunError::Store)?;
+                info!(
+                    "{}: recovered {} records",
+                    dir.display(),
+                    recovered.records
+                );
+                hub.restore(recovered, now);
+                hub.enable_journal();
+                let mut snapshot = Vec::new();
+                hub.snapshot(now, &mut snapshot);
+                let waker =
+                    Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::Poll)?);
+                let s = &cfg.store;
+                Some(
+                    Journal::start(data, &snapshot, s.fsync, s.compact_min, waker)
+                        .map_err(RunError::Store)?,
+                )
+            }
+        };
         Ok(Server {
             poll,
             listener,
-            hub: Hub::new(credentials, cfg.hub, Instant::now()),
+            hub,
+            journal,
+            durable: 0,
             max_connections: cfg.max_connections.max(1),
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             read_backlog: Vec::new(),
@@ -121,6 +183,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
+                    WAKER => {} // The journal moved on: handled in `commit`.
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read(key, now);
@@ -132,6 +195,7 @@ impl Server {
                 }
             }
             self.hub.expire(now);
+            self.commit(now);
             self.flush(now);
             self.sweep();
             if self.accept_retry_at.is_some_and(|t| t <= now) {
@@ -156,6 +220,28 @@ impl Server {
             .flatten()
             .min()
             .map(|t| t.saturating_duration_since(now))
+    }
+
+    /// Submits this iteration's journal batch and releases output held for batches
+    /// that became durable.
+    fn commit(&mut self, now: Instant) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        if let Some(batch) = self.hub.take_batch() {
+            journal.submit(batch);
+            if journal.wants_rewrite() {
+                let mut snapshot = Vec::with_capacity(journal.file_len() as usize / 2);
+                self.hub.snapshot(now, &mut snapshot);
+                journal.rewrite(snapshot);
+            }
+        }
+        let durable = journal.durable();
+        if durable > self.durable {
+            self.durable = durable;
+            self.hub.set_durable(durable);
+        }
+        self.hub.set_store_ok(journal.healthy());
     }
 
     fn read(&mut self, key: usize, now: Instant) {
@@ -200,6 +286,10 @@ impl Server {
                 let Some(s) = self.hub.sessions.get_mut(key) else {
                     continue;
                 };
+                if s.is_held() {
+                    // Released (and marked dirty again) once its journal batch is durable.
+                    continue;
+                }
                 if !s.out.is_empty() {
                     match write_until_blocked(&mut s.io, s.out.pending()) {
                         Ok(n) => s.out.consume(n),
@@ -237,6 +327,10 @@ impl Server {
 
     fn sweep(&mut self) {
         for key in self.hub.take_closing() {
+            if self.hub.sessions.get(key).is_some_and(|s| s.is_held()) {
+                self.hub.defer_sweep(key);
+                continue;
+            }
             if let Some(mut s) = self.hub.sessions.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut s.io);
                 let _ = s.io.shutdown(std::net::Shutdown::Both);

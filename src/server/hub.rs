@@ -14,17 +14,21 @@
 //!   messages back to the mailbox) and lists the key for the loop to sweep;
 //! - a direct message is either in its recipient's mailbox or in the recipient
 //!   session's in-flight window until acknowledged: closing never loses one;
-//! - a session's queued output never passes `max_queued`: the session is closed first.
+//! - a session's queued output never passes `max_queued`: the session is closed first;
+//! - with a journal, every state change is encoded into the current batch as it
+//!   happens, and a reply that claims durability (`+SENT`, `+STORED`, `+BLOCKED`, ...)
+//!   holds its session's output until the loop reports that batch durable.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn};
 use slab::Slab;
 
 use super::accounts::Credential;
+use super::store::{self, Record, Recovered};
 use super::timer::{TimerHandle, TimerWheel};
 use crate::protocol::frames::{
     self, ByeReason, ErrorCode, PROTOCOL_VERSION, Push, Reply, Request, RequestError,
@@ -92,6 +96,7 @@ pub struct Stats {
     pub dead_peer_kills: u64,
     pub login_timeouts: u64,
     pub idle_logouts: u64,
+    pub store_refused: u64,
 }
 
 /// A direct message waiting in a mailbox or in a session's in-flight window.
@@ -117,7 +122,29 @@ struct Account {
     blocks: HashSet<AccountId>,
     mailbox: VecDeque<Stored>,
     mailbox_bytes: usize,
-    last_logout: Option<Instant>,
+    /// Last time seen online (a logout; or a login when the server stopped), in Unix ms.
+    last_seen: Option<u64>,
+    /// Known only from the journal, not in the credentials: it cannot log in and is
+    /// invisible, but its stored messages and the messages it sent are kept.
+    ghost: bool,
+}
+
+impl Account {
+    fn new(name: Box<str>, password: Box<str>) -> Account {
+        Account {
+            name,
+            password,
+            failures: 0,
+            locked_until: None,
+            session: None,
+            online_pos: 0,
+            blocks: HashSet::new(),
+            mailbox: VecDeque::new(),
+            mailbox_bytes: 0,
+            last_seen: None,
+            ghost: false,
+        }
+    }
 }
 
 /// Why a session ends (for logs and counters).
@@ -173,11 +200,18 @@ pub struct Session<S> {
     ping_sent: Option<Instant>,
     live_timer: Option<TimerHandle>,
     login_timer: Option<TimerHandle>,
+    /// Journal batch this session's output waits for (0: none).
+    hold: u64,
 }
 
 impl<S> Session<S> {
     pub fn is_closing(&self) -> bool {
         matches!(self.phase, Phase::Closing)
+    }
+
+    /// Whether output is held until a journal batch is durable.
+    pub fn is_held(&self) -> bool {
+        self.hold != 0
     }
 
     /// The logged-in account, if any.
@@ -212,6 +246,8 @@ pub struct Hub<S> {
     online: Vec<AccountId>,
     cfg: HubConfig,
     origin: Instant,
+    /// Wall-clock time at `origin`, in Unix ms (history and lockouts are stored in it).
+    origin_wall: u64,
     timers: TimerWheel<TimerKind>,
     dirty: Vec<usize>,
     closing: Vec<usize>,
@@ -222,7 +258,23 @@ pub struct Hub<S> {
     token_keys: std::collections::hash_map::RandomState,
     token_counter: u64,
     software: String,
+    /// The journal batch being built (`None`: in-memory, nothing is journaled).
+    journal: Option<Vec<u8>>,
+    /// Sequence number the current batch gets when the loop submits it.
+    batch_seq: u64,
+    /// Sessions whose output is held for a batch: (key, serial).
+    held: Vec<(usize, u64)>,
+    /// False while the journal cannot write: new messages are refused.
+    store_ok: bool,
     pub stats: Stats,
+}
+
+/// Appends a record to the journal batch, if journaling. A free function so callers
+/// can borrow names from the accounts while the batch is borrowed mutably.
+fn log_rec(journal: &mut Option<Vec<u8>>, rec: Record<'_>) {
+    if let Some(buf) = journal {
+        rec.encode(buf);
+    }
 }
 
 /// Bookkeeping after output was appended to session `key`: list it for the flush once,
@@ -260,18 +312,7 @@ impl<S> Hub<S> {
             .enumerate()
             .map(|(i, c)| {
                 by_name.insert(c.name.clone().into_boxed_str(), i as AccountId);
-                Account {
-                    name: c.name.into_boxed_str(),
-                    password: c.password.into_boxed_str(),
-                    failures: 0,
-                    locked_until: None,
-                    session: None,
-                    online_pos: 0,
-                    blocks: HashSet::new(),
-                    mailbox: VecDeque::new(),
-                    mailbox_bytes: 0,
-                    last_logout: None,
-                }
+                Account::new(c.name.into_boxed_str(), c.password.into_boxed_str())
             })
             .collect();
         Hub {
@@ -281,6 +322,7 @@ impl<S> Hub<S> {
             online: Vec::new(),
             cfg,
             origin: now,
+            origin_wall: store::unix_ms(SystemTime::now()),
             timers: TimerWheel::new(now, Duration::from_millis(100), 1024),
             dirty: Vec::new(),
             closing: Vec::new(),
@@ -290,7 +332,182 @@ impl<S> Hub<S> {
             token_keys: std::collections::hash_map::RandomState::new(),
             token_counter: 0,
             software: format!("natterd/{}", env!("CARGO_PKG_VERSION")),
+            journal: None,
+            batch_seq: 1,
+            held: Vec::new(),
+            store_ok: true,
             stats: Stats::default(),
+        }
+    }
+
+    /// Wall-clock time of `now`, in Unix ms.
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.origin).as_millis();
+        self.origin_wall.saturating_add(since as u64)
+    }
+
+    /// Starts encoding every state change into journal batches (see [`Hub::take_batch`]).
+    pub fn enable_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// Takes the records encoded since the last call, if any; the loop must submit
+    /// them to the journal, which numbers them with the next sequence number.
+    pub fn take_batch(&mut self) -> Option<Vec<u8>> {
+        let buf = self.journal.as_mut().filter(|b| !b.is_empty())?;
+        let cap = buf.capacity().min(1 << 20);
+        self.batch_seq += 1;
+        Some(std::mem::replace(buf, Vec::with_capacity(cap)))
+    }
+
+    /// Journal batches up to `seq` are durable: release the output held for them.
+    pub fn set_durable(&mut self, seq: u64) {
+        let mut held = std::mem::take(&mut self.held);
+        held.retain(|&(key, serial)| match self.sessions.get_mut(key) {
+            Some(s) if s.serial == serial && s.hold != 0 => {
+                if s.hold > seq {
+                    return true;
+                }
+                s.hold = 0;
+                if !s.dirty {
+                    s.dirty = true;
+                    self.dirty.push(key);
+                }
+                false
+            }
+            _ => false,
+        });
+        self.held = held;
+    }
+
+    /// Whether the journal can store: while it cannot, new messages are refused.
+    pub fn set_store_ok(&mut self, ok: bool) {
+        self.store_ok = ok;
+    }
+
+    /// Holds session `key`'s output until the current journal batch is durable.
+    fn hold(&mut self, key: usize) {
+        if self.journal.is_none() {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(key) {
+            if s.hold == 0 {
+                self.held.push((key, s.serial));
+            }
+            s.hold = self.batch_seq;
+        }
+    }
+
+    /// Puts a closed session back on the closing list (its output is still held).
+    pub fn defer_sweep(&mut self, key: usize) {
+        self.closing.push(key);
+    }
+
+    /// Loads the state recovered from a journal: mailboxes, blocks, history, lockouts.
+    /// Users the credentials no longer list become ghosts, so nothing stored is lost.
+    pub fn restore(&mut self, rec: Recovered, now: Instant) {
+        self.next_msg_id = self.next_msg_id.max(rec.next_id);
+        let now_ms = self.wall_ms(now);
+        let id_of = |accounts: &mut Vec<Account>, name: &str| -> AccountId {
+            if let Some(&id) = self.by_name.get(name) {
+                return id;
+            }
+            if let Some(i) = accounts.iter().position(|a| a.ghost && &*a.name == name) {
+                return i as AccountId;
+            }
+            let mut a = Account::new(name.into(), "".into());
+            a.ghost = true;
+            accounts.push(a);
+            (accounts.len() - 1) as AccountId
+        };
+        let mut ghosts = 0;
+        for (name, user) in &rec.users {
+            let id = id_of(&mut self.accounts, name);
+            let blocks: Vec<AccountId> = user
+                .blocks
+                .iter()
+                .map(|b| id_of(&mut self.accounts, b))
+                .collect();
+            let mailbox: Vec<Stored> = user
+                .mailbox
+                .iter()
+                .map(|m| Stored {
+                    id: m.id,
+                    from: id_of(&mut self.accounts, &m.from),
+                    text: m.text.as_str().into(),
+                })
+                .collect();
+            let a = &mut self.accounts[id as usize];
+            ghosts += usize::from(a.ghost);
+            a.blocks.extend(blocks);
+            a.mailbox_bytes += mailbox.iter().map(|m| m.text.len()).sum::<usize>();
+            a.mailbox.extend(mailbox);
+            // Online when the server stopped: seen until then (the last record's time).
+            a.last_seen = if user.online {
+                Some(rec.last_time.max(user.last_seen.unwrap_or(0)))
+            } else {
+                user.last_seen
+            };
+            if let Some(until) = user.locked_until.filter(|&u| u > now_ms) {
+                let at = now + Duration::from_millis(until - now_ms);
+                a.locked_until = Some(at);
+                let at = self.coarse(at);
+                self.timers.insert(at, TimerKind::Lockout { account: id });
+            }
+        }
+        if ghosts > 0 {
+            warn!(
+                "{ghosts} users in the journal are not in the credentials; their stored messages are kept"
+            );
+        }
+    }
+
+    /// Encodes the whole durable state as journal records (a compaction snapshot).
+    pub fn snapshot(&self, now: Instant, out: &mut Vec<u8>) {
+        let now_ms = self.wall_ms(now);
+        Record::Meta {
+            next_id: self.next_msg_id,
+        }
+        .encode(out);
+        for a in &self.accounts {
+            let who = &*a.name;
+            for &b in &a.blocks {
+                let whom = &self.accounts[b as usize].name;
+                Record::Block { who, whom }.encode(out);
+            }
+            if a.session.is_some() {
+                Record::Login { who, at: now_ms }.encode(out);
+            } else if let Some(at) = a.last_seen {
+                Record::Logout { who, at }.encode(out);
+            }
+            if let Some(until) = a.locked_until {
+                let left = until.saturating_duration_since(now).as_millis() as u64;
+                if left > 0 {
+                    Record::Lock {
+                        who,
+                        until: now_ms + left,
+                    }
+                    .encode(out);
+                }
+            }
+            let inflight = a
+                .session
+                .and_then(|k| self.sessions.get(k))
+                .and_then(|s| match &s.phase {
+                    Phase::Active(st) => Some(st.inflight.iter()),
+                    _ => None,
+                })
+                .into_iter()
+                .flatten();
+            for m in inflight.chain(a.mailbox.iter()) {
+                Record::Msg {
+                    id: m.id,
+                    from: &self.accounts[m.from as usize].name,
+                    to: who,
+                    text: &m.text,
+                }
+                .encode(out);
+            }
         }
     }
 
@@ -367,6 +584,7 @@ impl<S> Hub<S> {
             ping_sent: None,
             live_timer: None,
             login_timer: None,
+            hold: 0,
         });
         let login = self.coarse(now + self.cfg.login_timeout);
         let live = self.coarse(now + self.cfg.ping_interval);
@@ -554,6 +772,7 @@ impl<S> Hub<S> {
             return self.error(key, ErrorCode::NoSuchUser, user);
         };
         let block_duration = self.cfg.block_duration;
+        let now_ms = self.wall_ms(now);
         let acct = &mut self.accounts[id as usize];
         if acct.locked_until.is_some_and(|t| t > now) {
             info!(
@@ -574,6 +793,13 @@ impl<S> Hub<S> {
                 acct.failures = 0;
                 let until = now + block_duration;
                 acct.locked_until = Some(until);
+                log_rec(
+                    &mut self.journal,
+                    Record::Lock {
+                        who: &acct.name,
+                        until: now_ms + block_duration.as_millis() as u64,
+                    },
+                );
                 self.stats.lockouts += 1;
                 warn!(
                     "user {user}: locked for {block_duration:?} after 3 failed logins (last from {})",
@@ -597,6 +823,13 @@ impl<S> Hub<S> {
             return self.close(key, CloseReason::LoginFailed, now);
         }
         // Success.
+        log_rec(
+            &mut self.journal,
+            Record::Login {
+                who: &acct.name,
+                at: now_ms,
+            },
+        );
         acct.session = Some(key);
         acct.online_pos = self.online.len();
         self.online.push(id);
@@ -692,10 +925,15 @@ impl<S> Hub<S> {
         let Phase::Active(a) = &mut s.phase else {
             return;
         };
+        let mut upto = None;
         while a.inflight.front().is_some_and(|m| m.id <= id) {
-            a.inflight.pop_front();
+            upto = a.inflight.pop_front().map(|m| m.id);
         }
         let account = a.account;
+        if let Some(upto) = upto {
+            let to = &self.accounts[account as usize].name;
+            log_rec(&mut self.journal, Record::Ack { to, upto });
+        }
         self.pump(account);
     }
 
@@ -724,6 +962,10 @@ impl<S> Hub<S> {
         if self.has_blocked(target, me) {
             return self.error(key, ErrorCode::BlockedBy, to);
         }
+        if !self.store_ok {
+            self.stats.store_refused += 1;
+            return self.error(key, ErrorCode::StoreUnavailable, "");
+        }
         let t = &mut self.accounts[target as usize];
         let online = t.session.is_some();
         let window_open = match t.session.and_then(|k| self.sessions.get(k)) {
@@ -738,6 +980,13 @@ impl<S> Hub<S> {
             self.next_msg_id += 1;
             let tkey = t.session.unwrap_or(usize::MAX);
             let from = &self.accounts[me as usize].name;
+            let rec = Record::Msg {
+                id,
+                from,
+                to: &self.accounts[target as usize].name,
+                text,
+            };
+            log_rec(&mut self.journal, rec);
             if let Some(s) = self.sessions.get_mut(tkey)
                 && let Phase::Active(a) = &mut s.phase
             {
@@ -756,6 +1005,7 @@ impl<S> Hub<S> {
                 );
             }
             self.stats.direct_delivered += 1;
+            self.hold(key);
             return self.reply(key, Reply::Sent { to, stored: false });
         }
         if t.mailbox.len() >= self.cfg.mailbox_max_messages
@@ -771,7 +1021,15 @@ impl<S> Hub<S> {
             from: me,
             text: text.into(),
         });
+        let rec = Record::Msg {
+            id,
+            from: &self.accounts[me as usize].name,
+            to: &self.accounts[target as usize].name,
+            text,
+        };
+        log_rec(&mut self.journal, rec);
         self.stats.stored += 1;
+        self.hold(key);
         self.reply(
             key,
             Reply::Sent {
@@ -825,25 +1083,24 @@ impl<S> Hub<S> {
     }
 
     fn on_whoelse(&mut self, key: usize, me: AccountId, window: Option<Duration>, now: Instant) {
-        let since = window.map(|w| now.checked_sub(w));
+        // A window reaching back before the history covers everyone ever seen.
+        let since = window.map(|w| {
+            let w = w.as_millis().min(u128::from(u64::MAX)) as u64;
+            self.wall_ms(now).saturating_sub(w)
+        });
         let mut names: Vec<&str> = self
             .accounts
             .iter()
             .enumerate()
             .filter(|&(i, a)| {
                 let i = i as AccountId;
-                if i == me || a.blocks.contains(&me) {
+                if i == me || a.ghost || a.blocks.contains(&me) {
                     return false;
                 }
                 if a.session.is_some() {
                     return true;
                 }
-                match (since, a.last_logout) {
-                    (Some(Some(start)), Some(out)) => out >= start,
-                    // The window reaches back before the server's history: everyone seen.
-                    (Some(None), Some(_)) => true,
-                    _ => false,
-                }
+                matches!((since, a.last_seen), (Some(start), Some(seen)) if seen >= start)
             })
             .map(|(_, a)| &*a.name)
             .collect();
@@ -857,11 +1114,17 @@ impl<S> Hub<S> {
         let Some(target) = self.lookup(key, me, user) else {
             return;
         };
-        let blocks = &mut self.accounts[me as usize].blocks;
+        let Account { blocks, name, .. } = &mut self.accounts[me as usize];
+        let (who, whom) = (&**name, user);
         if block {
-            blocks.insert(target);
+            if blocks.insert(target) {
+                log_rec(&mut self.journal, Record::Block { who, whom });
+                self.hold(key);
+            }
             self.reply(key, Reply::Blocked { user });
         } else if blocks.remove(&target) {
+            log_rec(&mut self.journal, Record::Unblock { who, whom });
+            self.hold(key);
             self.reply(key, Reply::Unblocked { user });
         } else {
             self.error(key, ErrorCode::NotBlocked, user);
@@ -949,10 +1212,12 @@ impl<S> Hub<S> {
             if let Some(t) = a.idle_timer {
                 self.timers.cancel(t);
             }
+            let at = self.wall_ms(now);
             let acct = &mut self.accounts[a.account as usize];
             info!("conn {key}: user {} logged out ({reason:?})", acct.name);
             acct.session = None;
-            acct.last_logout = Some(now);
+            acct.last_seen = Some(at);
+            log_rec(&mut self.journal, Record::Logout { who: &acct.name, at });
             for m in a.inflight.into_iter().rev() {
                 acct.mailbox_bytes += m.text.len();
                 acct.mailbox.push_front(m);

@@ -2,12 +2,14 @@
 //!
 //! - [`event_loop`]: one thread, one `mio::Poll`, every socket in the hub's slab;
 //! - [`hub`]: the chat state and rules, fed bytes and time, socket-free;
+//! - [`store`]: the journal that makes mailboxes, blocks, history and lockouts durable;
 //! - [`timer`]: the hashed timer wheel behind every deadline;
 //! - [`accounts`]: loading `credentials.txt`.
 
 pub mod accounts;
 pub mod event_loop;
 pub mod hub;
+pub mod store;
 pub mod timer;
 
 pub use event_loop::{Config, RunError, run};

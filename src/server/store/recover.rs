@@ -1,0 +1,226 @@
+//! Replaying a journal into the state it describes (pure: bytes in, state out).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use super::record::{Damage, MAGIC, Record, decode_frames};
+
+/// A message that was accepted and not yet acknowledged by its recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub id: u64,
+    pub from: String,
+    pub text: String,
+}
+
+/// What the journal says about one user.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UserState {
+    /// Undelivered or unacknowledged messages, oldest first.
+    pub mailbox: VecDeque<Message>,
+    pub blocks: BTreeSet<String>,
+    /// Last time the user was seen online (a logout, or a login never closed).
+    pub last_seen: Option<u64>,
+    /// A login with no logout after it: the server stopped while they were online.
+    pub online: bool,
+    pub locked_until: Option<u64>,
+}
+
+/// The state a journal describes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub users: HashMap<String, UserState>,
+    /// Greater than every message id ever handed out.
+    pub next_id: u64,
+    /// Time of the newest record, the best guess of when the server stopped.
+    pub last_time: u64,
+    /// Records applied.
+    pub records: u64,
+}
+
+/// A journal that could not be used at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAJournal;
+
+/// The outcome of replaying a journal file's bytes.
+#[derive(Debug)]
+pub struct Replay {
+    pub state: Recovered,
+    /// Bytes of the file that held valid records (magic included).
+    pub valid: usize,
+    /// Why the rest, if any, was ignored.
+    pub damage: Option<Damage>,
+}
+
+impl Recovered {
+    fn user(&mut self, name: &str) -> &mut UserState {
+        // Lookup first: recovery allocates a name once per user, not per record.
+        if !self.users.contains_key(name) {
+            self.users.insert(name.to_owned(), UserState::default());
+        }
+        self.users.get_mut(name).expect("inserted above")
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, rec: Record<'_>) {
+        self.records += 1;
+        match rec {
+            Record::Meta { next_id } => self.next_id = self.next_id.max(next_id),
+            Record::Msg { id, from, to, text } => {
+                self.next_id = self.next_id.max(id.saturating_add(1));
+                self.user(to).mailbox.push_back(Message {
+                    id,
+                    from: from.to_owned(),
+                    text: text.to_owned(),
+                });
+            }
+            Record::Ack { to, upto } => {
+                let mailbox = &mut self.user(to).mailbox;
+                // Each recipient's messages are journaled and acknowledged in id order.
+                while mailbox.front().is_some_and(|m| m.id <= upto) {
+                    mailbox.pop_front();
+                }
+            }
+            Record::Block { who, whom } => {
+                self.user(who).blocks.insert(whom.to_owned());
+            }
+            Record::Unblock { who, whom } => {
+                self.user(who).blocks.remove(whom);
+            }
+            Record::Login { who, at } => {
+                self.last_time = self.last_time.max(at);
+                let u = self.user(who);
+                u.online = true;
+                u.last_seen = Some(at);
+            }
+            Record::Logout { who, at } => {
+                self.last_time = self.last_time.max(at);
+                let u = self.user(who);
+                u.online = false;
+                u.last_seen = Some(at);
+            }
+            Record::Lock { who, until } => {
+                self.user(who).locked_until = Some(until);
+            }
+        }
+    }
+}
+
+/// Replays a whole journal file. An empty file is an empty journal; a file that does
+/// not start with the magic is refused rather than overwritten.
+pub fn replay(file: &[u8]) -> Result<Replay, NotAJournal> {
+    let mut state = Recovered {
+        next_id: 1,
+        ..Recovered::default()
+    };
+    if file.is_empty() {
+        return Ok(Replay {
+            state,
+            valid: 0,
+            damage: None,
+        });
+    }
+    if file.len() < MAGIC.len() {
+        // A crash while creating the file.
+        return if MAGIC.starts_with(file) {
+            Ok(Replay {
+                state,
+                valid: 0,
+                damage: Some(Damage::Truncated),
+            })
+        } else {
+            Err(NotAJournal)
+        };
+    }
+    if &file[..MAGIC.len()] != MAGIC {
+        return Err(NotAJournal);
+    }
+    let (n, damage) = decode_frames(&file[MAGIC.len()..], |r| state.apply(r));
+    Ok(Replay {
+        state,
+        valid: MAGIC.len() + n,
+        damage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(recs: &[Record<'_>]) -> Vec<u8> {
+        let mut buf = MAGIC.to_vec();
+        for r in recs {
+            r.encode(&mut buf);
+        }
+        buf
+    }
+
+    #[test]
+    fn acks_remove_delivered_messages_in_order() {
+        let buf = journal(&[
+            Record::Msg {
+                id: 1,
+                from: "a",
+                to: "b",
+                text: "one",
+            },
+            Record::Msg {
+                id: 2,
+                from: "c",
+                to: "b",
+                text: "two",
+            },
+            Record::Msg {
+                id: 3,
+                from: "a",
+                to: "c",
+                text: "x",
+            },
+            Record::Ack { to: "b", upto: 1 },
+        ]);
+        let r = replay(&buf).unwrap();
+        assert_eq!(r.damage, None);
+        assert_eq!(r.valid, buf.len());
+        let b = &r.state.users["b"];
+        assert_eq!(b.mailbox.len(), 1);
+        assert_eq!(b.mailbox[0].text, "two");
+        assert_eq!(r.state.users["c"].mailbox.len(), 1);
+        assert_eq!(r.state.next_id, 4);
+    }
+
+    #[test]
+    fn blocks_history_and_locks() {
+        let buf = journal(&[
+            Record::Block { who: "a", whom: "b" },
+            Record::Block { who: "a", whom: "c" },
+            Record::Unblock { who: "a", whom: "b" },
+            Record::Login { who: "a", at: 10 },
+            Record::Logout { who: "a", at: 20 },
+            Record::Login { who: "b", at: 30 },
+            Record::Lock { who: "c", until: 99 },
+            Record::Meta { next_id: 500 },
+        ]);
+        let s = replay(&buf).unwrap().state;
+        assert_eq!(
+            s.users["a"].blocks.iter().collect::<Vec<_>>(),
+            vec!["c"]
+        );
+        assert_eq!((s.users["a"].last_seen, s.users["a"].online), (Some(20), false));
+        assert_eq!((s.users["b"].last_seen, s.users["b"].online), (Some(30), true));
+        assert_eq!(s.users["c"].locked_until, Some(99));
+        assert_eq!((s.next_id, s.last_time), (500, 30));
+    }
+
+    #[test]
+    fn torn_tail_keeps_prefix_and_foreign_files_are_refused() {
+        let buf = journal(&[
+            Record::Block { who: "a", whom: "b" },
+            Record::Block { who: "a", whom: "c" },
+        ]);
+        let r = replay(&buf[..buf.len() - 3]).unwrap();
+        assert_eq!(r.damage, Some(Damage::Truncated));
+        assert_eq!(r.state.users["a"].blocks.len(), 1);
+        assert!(replay(b"NATT").unwrap().damage.is_some());
+        assert!(replay(b"").unwrap().damage.is_none());
+        assert_eq!(replay(b"hello world, not a journal").err(), Some(NotAJournal));
+    }
+}
