@@ -122,17 +122,12 @@ impl Server {
             None => None,
             Some(dir) => {
                 let (data, recovered) = DataDir::open(dir).map_err(RunError::Store)?;
-                info!(
-                    "{}: recovered {} records",
-                    dir.display(),
-                    recovered.records
-                );
+                info!("{}: recovered {} records", dir.display(), recovered.records);
                 hub.restore(recovered, now);
                 hub.enable_journal();
                 let mut snapshot = Vec::new();
                 hub.snapshot(now, &mut snapshot);
-                let waker =
-                    Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::Poll)?);
+                let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::Poll)?);
                 let s = &cfg.store;
                 Some(
                     Journal::start(data, &snapshot, s.fsync, s.compact_min, waker)

@@ -1217,7 +1217,13 @@ impl<S> Hub<S> {
             info!("conn {key}: user {} logged out ({reason:?})", acct.name);
             acct.session = None;
             acct.last_seen = Some(at);
-            log_rec(&mut self.journal, Record::Logout { who: &acct.name, at });
+            log_rec(
+                &mut self.journal,
+                Record::Logout {
+                    who: &acct.name,
+                    at,
+                },
+            );
             for m in a.inflight.into_iter().rev() {
                 acct.mailbox_bytes += m.text.len();
                 acct.mailbox.push_front(m);

@@ -32,7 +32,9 @@ pub fn scratch_dir() -> PathBuf {
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The server's working directory: credentials, `natter-data/`, `natterd.log`.
     pub dir: PathBuf,
+    args: Vec<String>,
 }
 
 impl Server {
@@ -43,18 +45,35 @@ impl Server {
 
     pub fn start_with(credentials: &str, args: &[&str]) -> Server {
         let dir = scratch_dir();
-        let creds = dir.join("credentials.txt");
-        std::fs::write(&creds, credentials).expect("write credentials");
+        std::fs::write(dir.join("credentials.txt"), credentials).expect("write credentials");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (child, addr) = Server::spawn(&dir, &args);
+        Server {
+            child,
+            addr,
+            dir,
+            args,
+        }
+    }
+
+    /// Runs `natterd` in `dir` (stderr appended to `dir/natterd.log`) and waits for its
+    /// listening line.
+    fn spawn(dir: &std::path::Path, args: &[String]) -> (Child, SocketAddr) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("natterd.log"))
+            .expect("open log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_natterd"));
         cmd.args(args)
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--credentials")
-            .arg(&creds)
-            .current_dir(&dir)
+            .arg(dir.join("credentials.txt"))
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(log);
         let mut child = cmd.spawn().expect("spawn natterd");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
@@ -64,8 +83,38 @@ impl Server {
         let addr = line
             .strip_prefix("natterd listening on ")
             .and_then(|a| a.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Server { child, addr, dir }
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log: {}",
+                    std::fs::read_to_string(dir.join("natterd.log")).unwrap_or_default()
+                )
+            });
+        (child, addr)
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything) and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the server with SIGKILL and starts it again in the same directory with the
+    /// same arguments (it gets a new port).
+    pub fn restart(&mut self) {
+        self.kill9();
+        let (child, addr) = Server::spawn(&self.dir, &self.args);
+        self.child = child;
+        self.addr = addr;
+    }
+
+    /// Everything the server (and its earlier runs) wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("natterd.log")).unwrap_or_default()
+    }
+
+    /// The journal file of the default data directory.
+    pub fn journal_path(&self) -> PathBuf {
+        self.dir.join("natter-data").join("journal")
     }
 
     pub fn port(&self) -> String {
@@ -106,6 +155,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- natterd log ---\n{}", self.log());
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -134,7 +134,8 @@ impl DataDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::Io(journal, e)),
         }
-        let replay = recover::replay(&bytes).map_err(|_| StoreError::NotAJournal(journal.clone()))?;
+        let replay =
+            recover::replay(&bytes).map_err(|_| StoreError::NotAJournal(journal.clone()))?;
         let damaged = replay.damage.is_some();
         if let Some(d) = &replay.damage {
             warn!(

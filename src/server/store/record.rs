@@ -26,7 +26,9 @@ const HEADER: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record<'a> {
     /// Snapshot header: the next message id to hand out.
-    Meta { next_id: u64 },
+    Meta {
+        next_id: u64,
+    },
     /// A direct message accepted for `to` (delivered or stored; live until acknowledged).
     Msg {
         id: u64,
@@ -35,13 +37,31 @@ pub enum Record<'a> {
         text: &'a str,
     },
     /// `to` acknowledged every message up to and including `upto`.
-    Ack { to: &'a str, upto: u64 },
-    Block { who: &'a str, whom: &'a str },
-    Unblock { who: &'a str, whom: &'a str },
-    Login { who: &'a str, at: u64 },
-    Logout { who: &'a str, at: u64 },
+    Ack {
+        to: &'a str,
+        upto: u64,
+    },
+    Block {
+        who: &'a str,
+        whom: &'a str,
+    },
+    Unblock {
+        who: &'a str,
+        whom: &'a str,
+    },
+    Login {
+        who: &'a str,
+        at: u64,
+    },
+    Logout {
+        who: &'a str,
+        at: u64,
+    },
     /// The account is locked out until `until`.
-    Lock { who: &'a str, until: u64 },
+    Lock {
+        who: &'a str,
+        until: u64,
+    },
 }
 
 const T_META: u8 = 1;
@@ -93,7 +113,9 @@ impl Record<'_> {
                 put_str(out, who);
                 put_str(out, whom);
             }
-            Record::Login { who, at } | Record::Logout { who, at } | Record::Lock { who, until: at } => {
+            Record::Login { who, at }
+            | Record::Logout { who, at }
+            | Record::Lock { who, until: at } => {
                 out.push(match self {
                     Record::Login { .. } => T_LOGIN,
                     Record::Logout { .. } => T_LOGOUT,
@@ -207,10 +229,7 @@ pub fn parse_payload(payload: &[u8]) -> Option<Record<'_>> {
 
 /// Decodes frames from `buf` (which starts after the magic), calling `f` for each
 /// valid record. Returns how many bytes were valid and, if it stopped early, why.
-pub fn decode_frames<'a>(
-    buf: &'a [u8],
-    mut f: impl FnMut(Record<'a>),
-) -> (usize, Option<Damage>) {
+pub fn decode_frames<'a>(buf: &'a [u8], mut f: impl FnMut(Record<'a>)) -> (usize, Option<Damage>) {
     let mut pos = 0;
     while pos < buf.len() {
         let Some(header) = buf[pos..].first_chunk::<HEADER>() else {
@@ -256,7 +275,10 @@ mod tests {
                 to: "b",
                 text: "",
             },
-            Record::Ack { to: "yoda", upto: 7 },
+            Record::Ack {
+                to: "yoda",
+                upto: 7,
+            },
             Record::Block {
                 who: "hans",
                 whom: "vader",

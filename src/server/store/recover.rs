@@ -190,22 +190,37 @@ mod tests {
     #[test]
     fn blocks_history_and_locks() {
         let buf = journal(&[
-            Record::Block { who: "a", whom: "b" },
-            Record::Block { who: "a", whom: "c" },
-            Record::Unblock { who: "a", whom: "b" },
+            Record::Block {
+                who: "a",
+                whom: "b",
+            },
+            Record::Block {
+                who: "a",
+                whom: "c",
+            },
+            Record::Unblock {
+                who: "a",
+                whom: "b",
+            },
             Record::Login { who: "a", at: 10 },
             Record::Logout { who: "a", at: 20 },
             Record::Login { who: "b", at: 30 },
-            Record::Lock { who: "c", until: 99 },
+            Record::Lock {
+                who: "c",
+                until: 99,
+            },
             Record::Meta { next_id: 500 },
         ]);
         let s = replay(&buf).unwrap().state;
+        assert_eq!(s.users["a"].blocks.iter().collect::<Vec<_>>(), vec!["c"]);
         assert_eq!(
-            s.users["a"].blocks.iter().collect::<Vec<_>>(),
-            vec!["c"]
+            (s.users["a"].last_seen, s.users["a"].online),
+            (Some(20), false)
         );
-        assert_eq!((s.users["a"].last_seen, s.users["a"].online), (Some(20), false));
-        assert_eq!((s.users["b"].last_seen, s.users["b"].online), (Some(30), true));
+        assert_eq!(
+            (s.users["b"].last_seen, s.users["b"].online),
+            (Some(30), true)
+        );
         assert_eq!(s.users["c"].locked_until, Some(99));
         assert_eq!((s.next_id, s.last_time), (500, 30));
     }
@@ -213,14 +228,23 @@ mod tests {
     #[test]
     fn torn_tail_keeps_prefix_and_foreign_files_are_refused() {
         let buf = journal(&[
-            Record::Block { who: "a", whom: "b" },
-            Record::Block { who: "a", whom: "c" },
+            Record::Block {
+                who: "a",
+                whom: "b",
+            },
+            Record::Block {
+                who: "a",
+                whom: "c",
+            },
         ]);
         let r = replay(&buf[..buf.len() - 3]).unwrap();
         assert_eq!(r.damage, Some(Damage::Truncated));
         assert_eq!(r.state.users["a"].blocks.len(), 1);
         assert!(replay(b"NATT").unwrap().damage.is_some());
         assert!(replay(b"").unwrap().damage.is_none());
-        assert_eq!(replay(b"hello world, not a journal").err(), Some(NotAJournal));
+        assert_eq!(
+            replay(b"hello world, not a journal").err(),
+            Some(NotAJournal)
+        );
     }
 }
