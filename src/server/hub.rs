@@ -745,6 +745,8 @@ impl<S> Hub<S> {
             Request::Logout => {
                 self.reply(key, Reply::Bye);
                 self.close(key, CloseReason::Logout, now);
+                // `+BYE` goes out once the logout (login history) is stored.
+                self.hold(key);
             }
             Request::Hello { .. }
             | Request::Login { .. }
@@ -807,6 +809,8 @@ impl<S> Hub<S> {
                 );
                 let at = self.coarse(until);
                 self.timers.insert(at, TimerKind::Lockout { account: id });
+                // Told only once the lockout is stored: it must survive a restart.
+                self.hold(key);
                 self.error(key, ErrorCode::LockedNow, "");
                 return self.close(key, CloseReason::LoginFailed, now);
             }
