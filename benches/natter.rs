@@ -1,5 +1,5 @@
 //! Criterion benches: the codec, routing through the real hub state (no sockets),
-//! broadcast fan-out, and the timer wheel. `cargo bench`; reports in target/criterion.
+//! broadcast fan-out, the timer wheel and the journal's append and recovery paths. `cargo bench`; reports in target/criterion.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use natter::protocol::frames::{self, Push, Reply, Request};
 use natter::protocol::{Flow, LineDecoder};
 use natter::server::accounts::Credential;
+use natter::server::store::{Record, record, recover};
 use natter::server::timer::TimerWheel;
 use natter::server::{Hub, HubConfig};
 
@@ -215,5 +216,59 @@ fn timers(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, routing, timers);
+fn store(c: &mut Criterion) {
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    let text = "hello there, this is a sixty-four byte chat message.............";
+    g.bench_function("encode_msg_record", |b| {
+        let mut out = Vec::with_capacity(256);
+        b.iter(|| {
+            out.clear();
+            Record::Msg {
+                id: black_box(123_456),
+                from: "hans",
+                to: "yoda",
+                text,
+            }
+            .encode(&mut out);
+            out.len()
+        })
+    });
+    // The hub's whole append path: route, encode the record, hold the reply, hand the
+    // batch over and release the reply (the writer thread's I/O is not included).
+    let (mut hub, keys, now) = hub_with(1000);
+    hub.enable_journal();
+    let msg = b"MSG u1 hello there, this is a sixty-four byte chat message.......\n";
+    let mut seq = 0;
+    g.bench_function("direct_message_and_ack_journaled", |b| {
+        b.iter(|| {
+            hub.feed(keys[0], black_box(msg), now);
+            hub.feed(keys[1], b"ACK 18446744073709551615\n", now);
+            if let Some(batch) = hub.take_batch() {
+                seq += 1;
+                black_box(batch);
+            }
+            hub.set_durable(seq);
+            drain(&mut hub);
+        })
+    });
+    let n = 10_000u64;
+    let mut journal = record::MAGIC.to_vec();
+    for i in 0..n {
+        Record::Msg {
+            id: i,
+            from: "hans",
+            to: if i % 2 == 0 { "yoda" } else { "leia" },
+            text,
+        }
+        .encode(&mut journal);
+    }
+    g.throughput(Throughput::Elements(n));
+    g.bench_function(BenchmarkId::new("replay_msgs", n), |b| {
+        b.iter(|| recover::replay(black_box(&journal)).map(|r| r.valid))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, routing, timers, store);
 criterion_main!(benches);
