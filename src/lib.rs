@@ -5,6 +5,7 @@
 //! - [`server`]: the single-threaded mio event loop, the chat state it drives and the
 //!   timer wheel behind every deadline;
 //! - [`client`]: the terminal client's own mio loop, its line editor and renderer;
+//! - [`loadgen`]: `natter-bench`, the load generator (its own mio loops, one per thread);
 //! - [`units`]: parsing of the durations and sizes that both command lines accept.
 //!
 //! The binaries in `src/bin/` only turn command-line flags into a checked config and
@@ -12,6 +13,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod loadgen;
 pub mod logging;
 pub mod net;
 pub mod protocol;

@@ -1,0 +1,508 @@
+//! One load-generator thread: its own `mio::Poll` driving a share of the clients.
+//!
+//! Each client is a small state machine over the natter protocol (or, for the
+//! `ceiling` scenario, over the relay's raw pairing). Messages carry
+//! `<sender>.<seq>.<send time in ns>.` at the start of their text, so the receiving
+//! side computes delivery latency and detects loss and duplicates without any shared
+//! state beyond a few counters. Threads touch the shared atomics once per read batch,
+//! never per message, so the generator stays cheaper than what it measures.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::{Mode, Phase, Plan, Shared, mono_ns};
+use crate::net::{Step, read_step, write_until_blocked};
+
+/// What one thread hands back when it stops.
+pub struct ThreadResult {
+    /// Delivery latency in microseconds, for messages received while measuring.
+    pub latency: Histogram<u64>,
+    /// `(sender << 40) | seq` of every message received, for loss and duplicate checks.
+    pub received: Vec<u64>,
+    /// Messages the server accepted (`+SENT`/`+STORED`), or relay round trips.
+    pub accepted: u64,
+    /// Broadcast deliveries the server reported (`+BCAST <delivered> ...`).
+    pub bcast_expected: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum St {
+    Connecting,
+    /// Handshake and login written, waiting for `+WELCOME`.
+    LoggingIn,
+    Active,
+    /// `LOGOUT` sent (churn), waiting for the server to close.
+    LoggingOut,
+}
+
+struct Conn {
+    stream: TcpStream,
+    idx: usize,
+    st: St,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    write_interest: bool,
+    inflight: u32,
+    seq: u64,
+    /// Highest `*MSG` id not yet acknowledged.
+    ack: Option<u64>,
+    touched: bool,
+}
+
+struct Worker {
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    poll: Poll,
+    conns: Slab<Conn>,
+    touched: Vec<usize>,
+    rng: u64,
+    text_pad: String,
+    scratch: Vec<u8>,
+    result: ThreadResult,
+    measuring: bool,
+    sending: bool,
+    // Batched updates for the shared counters.
+    delivered: u64,
+    presence: u64,
+    inflight_delta: i64,
+    accepted: u64,
+    bcast_expected: u64,
+}
+
+/// Runs clients `lo..hi` until the phase becomes `Stop`.
+pub fn run(
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    lo: usize,
+    hi: usize,
+    seed: u64,
+) -> io::Result<ThreadResult> {
+    let mut w = Worker {
+        text_pad: "x".repeat(plan.msg_size),
+        plan,
+        shared,
+        poll: Poll::new()?,
+        conns: Slab::with_capacity(hi - lo),
+        touched: Vec::new(),
+        rng: seed | 1,
+        scratch: vec![0; 64 * 1024],
+        result: ThreadResult {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?,
+            received: Vec::new(),
+            accepted: 0,
+            bcast_expected: 0,
+        },
+        measuring: false,
+        sending: false,
+        delivered: 0,
+        presence: 0,
+        inflight_delta: 0,
+        accepted: 0,
+        bcast_expected: 0,
+    };
+    for idx in lo..hi {
+        w.connect(idx)?;
+    }
+    w.run()?;
+    Ok(w.result)
+}
+
+impl Worker {
+    fn next_rand(&mut self) -> u64 {
+        // xorshift64*: plenty for picking recipients.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn connect(&mut self, idx: usize) -> io::Result<()> {
+        let addr: SocketAddr = self.plan.addr;
+        let mut stream = TcpStream::connect(addr)?;
+        let key = self.conns.vacant_key();
+        self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let mut wbuf = Vec::new();
+        if self.plan.mode != Mode::Ceiling {
+            wbuf.extend_from_slice(
+                format!(
+                    "HELLO 1\nLOGIN {} {}\n",
+                    self.plan.user(idx),
+                    self.plan.password(idx)
+                )
+                .as_bytes(),
+            );
+        }
+        self.conns.insert(Conn {
+            stream,
+            idx,
+            st: St::Connecting,
+            rbuf: Vec::new(),
+            wbuf,
+            write_interest: true,
+            inflight: 0,
+            seq: 0,
+            ack: None,
+            touched: false,
+        });
+        Ok(())
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut phase = Phase::Setup;
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(20))) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                let key = ev.token().0;
+                let Some(c) = self.conns.get_mut(key) else {
+                    continue;
+                };
+                if c.st == St::Connecting {
+                    // Connected once writable with no error and a peer address; an
+                    // event that shows neither (a stale one for a reused key) is ignored.
+                    if c.stream.take_error().ok().flatten().is_some() {
+                        self.drop_conn(key);
+                        continue;
+                    }
+                    if !ev.is_writable() || c.stream.peer_addr().is_err() {
+                        continue;
+                    }
+                    c.st = if self.plan.mode == Mode::Ceiling {
+                        self.shared.logged_in.fetch_add(1, Ordering::Relaxed);
+                        St::Active
+                    } else {
+                        St::LoggingIn
+                    };
+                }
+                if ev.is_readable() || ev.is_read_closed() {
+                    self.read(key);
+                }
+                self.touch(key);
+            }
+            let now_phase = self.shared.phase();
+            if now_phase != phase {
+                phase = now_phase;
+                self.measuring = phase == Phase::Measure;
+                self.sending = matches!(phase, Phase::Run | Phase::Measure);
+                if phase == Phase::Stop {
+                    return Ok(());
+                }
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for k in keys {
+                    self.touch(k);
+                }
+            }
+            for key in std::mem::take(&mut self.touched) {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.touched = false;
+                }
+                self.refill(key);
+                self.flush(key);
+            }
+            self.publish();
+        }
+    }
+
+    fn touch(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key)
+            && !c.touched
+        {
+            c.touched = true;
+            self.touched.push(key);
+        }
+    }
+
+    fn publish(&mut self) {
+        let s = &self.shared;
+        if self.delivered > 0 {
+            s.delivered
+                .fetch_add(std::mem::take(&mut self.delivered), Ordering::Relaxed);
+        }
+        if self.presence > 0 {
+            s.presence
+                .fetch_add(std::mem::take(&mut self.presence), Ordering::Relaxed);
+        }
+        if self.accepted > 0 {
+            let n = std::mem::take(&mut self.accepted);
+            self.result.accepted += n;
+            s.accepted.fetch_add(n, Ordering::Relaxed);
+        }
+        if self.bcast_expected > 0 {
+            let n = std::mem::take(&mut self.bcast_expected);
+            self.result.bcast_expected += n;
+            s.bcast_expected.fetch_add(n, Ordering::Relaxed);
+        }
+        if self.inflight_delta != 0 {
+            s.inflight
+                .fetch_add(std::mem::take(&mut self.inflight_delta), Ordering::Relaxed);
+        }
+    }
+
+    fn drop_conn(&mut self, key: usize) {
+        if let Some(mut c) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.inflight_delta -= i64::from(c.inflight);
+            let churn_cycle = self.plan.mode == Mode::Churn && c.st == St::LoggingOut;
+            let winding_down = matches!(self.shared.phase(), Phase::Drain | Phase::Stop);
+            if churn_cycle {
+                self.shared.cycles.fetch_add(1, Ordering::Relaxed);
+            } else if !winding_down {
+                self.shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            if c.st == St::Active || c.st == St::LoggingOut {
+                self.shared.logged_in.fetch_sub(1, Ordering::Relaxed);
+            }
+            if self.plan.mode == Mode::Churn && self.sending {
+                // Reconnect at once: churn is connect, log in, message, log out, repeat.
+                if self.connect(c.idx).is_err() {
+                    self.shared.errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, key: usize) {
+        loop {
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            match read_step(&mut c.stream, &mut self.scratch) {
+                Step::Done(n) => {
+                    let mut rbuf = std::mem::take(&mut c.rbuf);
+                    rbuf.extend_from_slice(&self.scratch[..n]);
+                    let mut start = 0;
+                    while let Some(nl) = memchr::memchr(b'\n', &rbuf[start..]) {
+                        self.line(key, &rbuf[start..start + nl]);
+                        start += nl + 1;
+                    }
+                    rbuf.drain(..start);
+                    let Some(c) = self.conns.get_mut(key) else {
+                        return;
+                    };
+                    c.rbuf = rbuf;
+                }
+                Step::WouldBlock => break,
+                Step::Closed | Step::Failed(_) => return self.drop_conn(key),
+            }
+        }
+        // One cumulative acknowledgement per read batch.
+        if let Some(c) = self.conns.get_mut(key)
+            && let Some(id) = c.ack.take()
+        {
+            c.wbuf.extend_from_slice(format!("ACK {id}\n").as_bytes());
+        }
+    }
+
+    /// Records a delivered message text `<sender>.<seq>.<t_ns>.padding`.
+    fn delivery(&mut self, text: &[u8]) {
+        let mut parts = text.splitn(4, |&b| b == b'.');
+        let num = |p: Option<&[u8]>| -> Option<u64> { std::str::from_utf8(p?).ok()?.parse().ok() };
+        let (Some(sender), Some(seq), Some(t)) =
+            (num(parts.next()), num(parts.next()), num(parts.next()))
+        else {
+            self.shared.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        self.delivered += 1;
+        if self.plan.check {
+            self.result.received.push((sender << 40) | seq);
+        }
+        if self.measuring {
+            let us = mono_ns().saturating_sub(t) / 1000;
+            let _ = self.result.latency.record(us.max(1));
+        }
+    }
+
+    fn line(&mut self, key: usize, line: &[u8]) {
+        let mode = self.plan.mode;
+        if mode == Mode::Ceiling {
+            // From the partner, through the relay: `MSG <to> <text>` or `ACK <seq>`.
+            if let Some(rest) = line.strip_prefix(b"MSG ") {
+                let text = rest.splitn(2, |&b| b == b' ').nth(1).unwrap_or_default();
+                self.delivery(text);
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.wbuf.extend_from_slice(b"ACK 0\n");
+                }
+            } else if line.starts_with(b"ACK ") {
+                self.replied(key);
+            }
+            return;
+        }
+        if let Some(rest) = line.strip_prefix(b"*MSG ") {
+            let mut parts = rest.splitn(3, |&b| b == b' ');
+            let id = parts
+                .next()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|p| p.parse::<u64>().ok());
+            let text = parts.nth(1).unwrap_or_default();
+            self.delivery(text);
+            if let (Some(id), Some(c)) = (id, self.conns.get_mut(key)) {
+                c.ack = Some(id);
+            }
+        } else if let Some(rest) = line.strip_prefix(b"*BCAST ") {
+            let text = rest.splitn(2, |&b| b == b' ').nth(1).unwrap_or_default();
+            self.delivery(text);
+        } else if line.starts_with(b"+SENT ") || line.starts_with(b"+STORED ") {
+            self.accepted += 1;
+            self.replied(key);
+        } else if let Some(rest) = line.strip_prefix(b"+BCAST ") {
+            let delivered = rest
+                .split(|&b| b == b' ')
+                .next()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|p| p.parse::<u64>().ok())
+                .unwrap_or(0);
+            self.accepted += 1;
+            self.bcast_expected += delivered;
+            self.replied(key);
+        } else if let Some(rest) = line.strip_prefix(b"*LOGIN ") {
+            self.presence += rest.split(|&b| b == b' ').count() as u64;
+        } else if line.starts_with(b"*LOGOUT ")
+            || line.starts_with(b"+HELLO ")
+            || line.starts_with(b"+BYE")
+        {
+        } else if let Some(seq) = line.strip_prefix(b"*PING ") {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.wbuf.extend_from_slice(b"PONG ");
+                c.wbuf.extend_from_slice(seq);
+                c.wbuf.push(b'\n');
+            }
+        } else if line == b"+WELCOME" {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.st = St::Active;
+            }
+            self.shared.logged_in.fetch_add(1, Ordering::Relaxed);
+            self.shared.welcomes.fetch_add(1, Ordering::Relaxed);
+        } else if line.starts_with(b"-") {
+            // An error reply: to a message (it still ends its slot in the window) or to
+            // the login (a setup problem the report shows).
+            self.shared.errors.fetch_add(1, Ordering::Relaxed);
+            if self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.st == St::Active && c.inflight > 0)
+            {
+                self.replied(key);
+            }
+        }
+    }
+
+    fn replied(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.inflight = c.inflight.saturating_sub(1);
+            self.inflight_delta -= 1;
+            if self.plan.mode == Mode::Churn && c.st == St::Active {
+                c.wbuf.extend_from_slice(b"LOGOUT\n");
+                c.st = St::LoggingOut;
+            }
+        }
+        if self.plan.mode == Mode::Ceiling {
+            self.accepted += 1;
+        }
+    }
+
+    /// Tops the client's window up with new messages while sending is on.
+    fn refill(&mut self, key: usize) {
+        if !self.sending {
+            return;
+        }
+        let plan = self.plan.clone();
+        let window = match plan.mode {
+            Mode::Direct | Mode::Ceiling => plan.window,
+            Mode::Broadcast => {
+                let idx = self.conns.get(key).map_or(usize::MAX, |c| c.idx);
+                if idx < plan.senders { plan.window } else { 0 }
+            }
+            Mode::Churn => 1,
+            Mode::LoginStorm | Mode::Idle => 0,
+        };
+        loop {
+            let Some(c) = self.conns.get(key) else {
+                return;
+            };
+            if c.st != St::Active || c.inflight >= window {
+                return;
+            }
+            if plan.mode == Mode::Churn && c.seq > 0 {
+                return;
+            }
+            let (idx, seq) = (c.idx, c.seq);
+            let to = if plan.clients > 1 {
+                let r = (self.next_rand() % (plan.clients as u64 - 1)) as usize;
+                if r >= idx { r + 1 } else { r }
+            } else {
+                idx
+            };
+            let head = format!("{idx}.{seq}.{}.", mono_ns());
+            let pad = plan.msg_size.saturating_sub(head.len());
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            match plan.mode {
+                Mode::Broadcast => c.wbuf.extend_from_slice(b"BCAST "),
+                _ => {
+                    c.wbuf.extend_from_slice(b"MSG ");
+                    c.wbuf.extend_from_slice(plan.user(to).as_bytes());
+                    c.wbuf.push(b' ');
+                }
+            }
+            c.wbuf.extend_from_slice(head.as_bytes());
+            c.wbuf.extend_from_slice(&self.text_pad.as_bytes()[..pad]);
+            c.wbuf.push(b'\n');
+            c.inflight += 1;
+            c.seq += 1;
+            self.inflight_delta += 1;
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.st == St::Connecting {
+            return;
+        }
+        if !c.wbuf.is_empty() {
+            match write_until_blocked(&mut c.stream, &c.wbuf) {
+                Ok(n) => {
+                    c.wbuf.drain(..n);
+                }
+                Err(_) => return self.drop_conn(key),
+            }
+        }
+        let want = !c.wbuf.is_empty();
+        if want != c.write_interest {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, Token(key), interest)
+                .is_err()
+            {
+                return self.drop_conn(key);
+            }
+            c.write_interest = want;
+        }
+    }
+}
