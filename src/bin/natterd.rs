@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+
+/// mimalloc gives freed memory back to the kernel; glibc's malloc keeps the high-water
+/// mark of a login storm's presence buffers as RSS for the life of the process.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use natter::server::event_loop::StoreConfig;
 use natter::server::store::FsyncPolicy;
 use natter::server::{self, Config, HubConfig};

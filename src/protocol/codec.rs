@@ -122,7 +122,13 @@ fn classify(line: &[u8], max_line: usize) -> Frame<'_> {
 pub struct OutBuf {
     buf: Vec<u8>,
     pos: usize,
+    /// The last frame appended by [`OutBuf::push_list`]: its prefix and where it ends.
+    /// It can take more names while it is still the last thing in the buffer.
+    list: Option<(&'static [u8], usize)>,
 }
+
+/// Longest list line [`OutBuf::push_list`] builds (peers' line limits are 8 KiB).
+pub const MAX_LIST_LINE: usize = 4096;
 
 impl OutBuf {
     /// Bytes waiting to be written.
@@ -150,10 +156,40 @@ impl OutBuf {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
+            self.list = None;
         } else if self.pos > 64 * 1024 && self.pos * 2 > self.buf.len() {
             self.buf.drain(..self.pos);
             self.pos = 0;
+            self.list = None;
         }
+    }
+
+    /// Appends `name` to a `<prefix> a b c` list frame: into the last frame if that is
+    /// an unwritten list with the same prefix and room left, else as a new frame. This
+    /// is how a burst of presence changes becomes one line per recipient, not one per
+    /// change, without reordering anything (only the very last frame is ever extended).
+    pub fn push_list(&mut self, prefix: &'static [u8], name: &[u8]) {
+        if let Some((p, end)) = self.list
+            && p == prefix
+            && end == self.buf.len()
+            && end > self.pos
+            && self.buf.len() - self.line_start(end) + name.len() < MAX_LIST_LINE
+        {
+            // The last byte is the frame's unwritten newline.
+            self.buf.pop();
+            self.buf.push(b' ');
+        } else {
+            self.buf.extend_from_slice(prefix);
+            self.buf.push(b' ');
+        }
+        self.buf.extend_from_slice(name);
+        self.buf.push(b'\n');
+        self.list = Some((prefix, self.buf.len()));
+    }
+
+    /// Start of the line that ends (newline included) at `end`.
+    fn line_start(&self, end: usize) -> usize {
+        memchr::memrchr(b'\n', &self.buf[..end - 1]).map_or(0, |i| i + 1)
     }
 
     /// Memory held, written or not.
@@ -166,6 +202,7 @@ impl OutBuf {
         if self.is_empty() && self.buf.capacity() > keep {
             self.buf = Vec::new();
             self.pos = 0;
+            self.list = None;
         }
     }
 
@@ -173,11 +210,44 @@ impl OutBuf {
     pub fn clear(&mut self) {
         self.buf = Vec::new();
         self.pos = 0;
+        self.list = None;
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn list_frames_coalesce_only_at_the_unwritten_tail() {
+        let mut o = OutBuf::default();
+        o.push_list(b"*LOGIN", b"a");
+        o.push_list(b"*LOGIN", b"b");
+        assert_eq!(o.pending(), b"*LOGIN a b\n");
+        o.push_list(b"*LOGOUT", b"a");
+        o.push_list(b"*LOGIN", b"c");
+        assert_eq!(o.pending(), b"*LOGIN a b\n*LOGOUT a\n*LOGIN c\n");
+        // Anything else appended in between starts a new frame.
+        o.tail().extend_from_slice(b"*MSG 1 a hi\n");
+        o.push_list(b"*LOGIN", b"d");
+        assert!(o.pending().ends_with(b"*MSG 1 a hi\n*LOGIN d\n"));
+        // Once written, a frame is never touched again.
+        let n = o.len();
+        o.consume(n);
+        o.push_list(b"*LOGIN", b"e");
+        assert_eq!(o.pending(), b"*LOGIN e\n");
+        // Lines stay under the cap.
+        let mut o = OutBuf::default();
+        for _ in 0..2000 {
+            o.push_list(b"*LOGIN", b"name");
+        }
+        let text = String::from_utf8(o.pending().to_vec()).unwrap();
+        assert!(text.lines().all(|l| l.len() < MAX_LIST_LINE));
+        let names: usize = text
+            .lines()
+            .map(|l| l.strip_prefix("*LOGIN ").unwrap().split(' ').count())
+            .sum();
+        assert_eq!(names, 2000);
+    }
+
     use super::*;
 
     fn collect(dec: &mut LineDecoder, chunks: &[&[u8]], max: usize) -> Vec<String> {

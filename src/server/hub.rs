@@ -618,6 +618,8 @@ impl<S> Hub<S> {
         if let Some(s) = self.sessions.get_mut(key)
             && !s.is_closing()
         {
+            // No partial line left: hold no input buffer between reads.
+            decoder.shrink();
             s.decoder = decoder;
         }
     }
@@ -862,7 +864,7 @@ impl<S> Hub<S> {
     fn presence(&mut self, who: AccountId, login: bool) {
         let name = &self.accounts[who as usize].name;
         let blocks = &self.accounts[who as usize].blocks;
-        let prefix: &[u8] = if login { b"*LOGIN " } else { b"*LOGOUT " };
+        let prefix: &'static [u8] = if login { b"*LOGIN" } else { b"*LOGOUT" };
         for &other in &self.online {
             if other == who || blocks.contains(&other) {
                 continue;
@@ -876,10 +878,7 @@ impl<S> Hub<S> {
             if s.is_closing() {
                 continue;
             }
-            let out = s.out.tail();
-            out.extend_from_slice(prefix);
-            out.extend_from_slice(name.as_bytes());
-            out.push(b'\n');
+            s.out.push_list(prefix, name.as_bytes());
             after_append(
                 s,
                 key,
