@@ -109,8 +109,7 @@ fn run(mut poll: Poll, listener: TcpListener, shared: &Shared) -> io::Result<()>
             if !(ev.is_readable() || ev.is_read_closed()) {
                 continue;
             }
-            loop {
-                let Some(c) = conns.get_mut(key) else { break };
+            while let Some(c) = conns.get_mut(key) {
                 let partner = c.partner;
                 match read_step(&mut c.stream, &mut scratch) {
                     Step::Done(n) => {

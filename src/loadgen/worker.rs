@@ -21,6 +21,10 @@ use slab::Slab;
 use super::{Mode, Phase, Plan, Shared, mono_ns};
 use crate::net::{Step, read_step, write_until_blocked};
 
+/// Connection attempts a thread keeps outstanding at once: more only overflow the
+/// server's listen backlog, and a dropped SYN costs a one-second retransmit.
+const MAX_CONNECTING: usize = 512;
+
 /// What one thread hands back when it stops.
 pub struct ThreadResult {
     /// Delivery latency in microseconds, for messages received while measuring.
@@ -75,6 +79,10 @@ struct Worker {
     inflight_delta: i64,
     accepted: u64,
     bcast_expected: u64,
+    /// Clients not connected yet: `next_idx..hi`.
+    next_idx: usize,
+    hi: usize,
+    connecting: usize,
 }
 
 /// Runs clients `lo..hi` until the phase becomes `Stop`.
@@ -107,10 +115,11 @@ pub fn run(
         inflight_delta: 0,
         accepted: 0,
         bcast_expected: 0,
+        next_idx: lo,
+        hi,
+        connecting: 0,
     };
-    for idx in lo..hi {
-        w.connect(idx)?;
-    }
+    w.connect_more()?;
     w.run()?;
     Ok(w.result)
 }
@@ -122,6 +131,16 @@ impl Worker {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Starts connections until `MAX_CONNECTING` are outstanding or all are started.
+    fn connect_more(&mut self) -> io::Result<()> {
+        while self.connecting < MAX_CONNECTING && self.next_idx < self.hi {
+            let idx = self.next_idx;
+            self.next_idx += 1;
+            self.connect(idx)?;
+        }
+        Ok(())
     }
 
     fn connect(&mut self, idx: usize) -> io::Result<()> {
@@ -144,6 +163,7 @@ impl Worker {
                 .as_bytes(),
             );
         }
+        self.connecting += 1;
         self.conns.insert(Conn {
             stream,
             idx,
@@ -184,6 +204,7 @@ impl Worker {
                     if !ev.is_writable() || c.stream.peer_addr().is_err() {
                         continue;
                     }
+                    self.connecting -= 1;
                     c.st = if self.plan.mode == Mode::Ceiling {
                         self.shared.logged_in.fetch_add(1, Ordering::Relaxed);
                         St::Active
@@ -217,6 +238,7 @@ impl Worker {
                 self.flush(key);
             }
             self.publish();
+            self.connect_more()?;
         }
     }
 
@@ -258,6 +280,9 @@ impl Worker {
     fn drop_conn(&mut self, key: usize) {
         if let Some(mut c) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            if c.st == St::Connecting {
+                self.connecting -= 1;
+            }
             self.inflight_delta -= i64::from(c.inflight);
             let churn_cycle = self.plan.mode == Mode::Churn && c.st == St::LoggingOut;
             let winding_down = matches!(self.shared.phase(), Phase::Drain | Phase::Stop);

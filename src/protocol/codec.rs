@@ -122,9 +122,9 @@ fn classify(line: &[u8], max_line: usize) -> Frame<'_> {
 pub struct OutBuf {
     buf: Vec<u8>,
     pos: usize,
-    /// The last frame appended by [`OutBuf::push_list`]: its prefix and where it ends.
-    /// It can take more names while it is still the last thing in the buffer.
-    list: Option<(&'static [u8], usize)>,
+    /// The last frame appended by [`OutBuf::push_list`]: its prefix, where it starts
+    /// and where it ends. It can take more names while it is the last thing buffered.
+    list: Option<(&'static [u8], usize, usize)>,
 }
 
 /// Longest list line [`OutBuf::push_list`] builds (peers' line limits are 8 KiB).
@@ -169,27 +169,28 @@ impl OutBuf {
     /// is how a burst of presence changes becomes one line per recipient, not one per
     /// change, without reordering anything (only the very last frame is ever extended).
     pub fn push_list(&mut self, prefix: &'static [u8], name: &[u8]) {
-        if let Some((p, end)) = self.list
-            && p == prefix
-            && end == self.buf.len()
-            && end > self.pos
-            && self.buf.len() - self.line_start(end) + name.len() < MAX_LIST_LINE
-        {
-            // The last byte is the frame's unwritten newline.
-            self.buf.pop();
-            self.buf.push(b' ');
-        } else {
-            self.buf.extend_from_slice(prefix);
-            self.buf.push(b' ');
-        }
+        let start = match self.list {
+            Some((p, start, end))
+                if std::ptr::eq(p, prefix)
+                    && end == self.buf.len()
+                    && end > self.pos
+                    && end - start + name.len() < MAX_LIST_LINE =>
+            {
+                // The last byte is the frame's unwritten newline.
+                self.buf.pop();
+                self.buf.push(b' ');
+                start
+            }
+            _ => {
+                let start = self.buf.len();
+                self.buf.extend_from_slice(prefix);
+                self.buf.push(b' ');
+                start
+            }
+        };
         self.buf.extend_from_slice(name);
         self.buf.push(b'\n');
-        self.list = Some((prefix, self.buf.len()));
-    }
-
-    /// Start of the line that ends (newline included) at `end`.
-    fn line_start(&self, end: usize) -> usize {
-        memchr::memrchr(b'\n', &self.buf[..end - 1]).map_or(0, |i| i + 1)
+        self.list = Some((prefix, start, self.buf.len()));
     }
 
     /// Memory held, written or not.

@@ -39,6 +39,9 @@ const WAKER: Token = Token(usize::MAX - 1);
 /// Bytes read from one connection per iteration before others get a turn.
 const READ_BUDGET: usize = 256 * 1024;
 
+/// Silence after activity before the loop calls its `on_idle` hook.
+const QUIET_AFTER: Duration = Duration::from_millis(50);
+
 /// Size of the loop's one read buffer (shared by all connections).
 const SCRATCH: usize = 64 * 1024;
 
@@ -50,6 +53,9 @@ pub struct Config {
     /// Most simultaneous connections; accepting pauses at the limit.
     pub max_connections: usize,
     pub store: StoreConfig,
+    /// Called when the loop goes quiet after activity (a poll that returned no events):
+    /// the binary uses it to hand freed memory back to the kernel.
+    pub on_idle: Option<fn()>,
 }
 
 /// Where and how durable state is kept.
@@ -105,6 +111,9 @@ pub struct Server {
     /// Connections whose read budget ran out: (key, serial), revisited next iteration.
     read_backlog: Vec<(usize, u64)>,
     accept_ready: bool,
+    on_idle: Option<fn()>,
+    /// Events were handled since `on_idle` last ran.
+    busy: bool,
     /// Set when accepting failed for lack of file descriptors.
     accept_retry_at: Option<Instant>,
 }
@@ -113,6 +122,13 @@ impl Server {
     pub fn bind(cfg: Config, credentials: Vec<Credential>) -> Result<Server, RunError> {
         let poll = Poll::new().map_err(RunError::Poll)?;
         let mut listener = TcpListener::bind(cfg.addr).map_err(|e| RunError::Bind(cfg.addr, e))?;
+        // mio listens with a backlog of 1024; a reconnect storm after a restart wants
+        // the kernel's maximum (`net.core.somaxconn`), or SYNs are dropped and clients
+        // wait a second per retry. Calling listen(2) again only changes the backlog.
+        if let Err(e) = nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXALLOWABLE)
+        {
+            warn!("cannot raise the listen backlog: {e}");
+        }
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(RunError::Poll)?;
@@ -145,6 +161,8 @@ impl Server {
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
             read_backlog: Vec::new(),
             accept_ready: true,
+            on_idle: cfg.on_idle,
+            busy: false,
             accept_retry_at: None,
         })
     }
@@ -163,6 +181,16 @@ impl Server {
                     continue;
                 }
                 return Err(RunError::Poll(e));
+            }
+            if events.is_empty() && self.read_backlog.is_empty() {
+                if self.busy
+                    && let Some(f) = self.on_idle
+                {
+                    f();
+                }
+                self.busy = false;
+            } else {
+                self.busy = true;
             }
             let now = Instant::now();
             for (key, serial) in std::mem::take(&mut self.read_backlog) {
@@ -210,7 +238,10 @@ impl Server {
         if !self.read_backlog.is_empty() || can_accept {
             return Some(Duration::ZERO);
         }
-        [self.hub.next_deadline(), self.accept_retry_at]
+        // After activity, wake once when things go quiet so `on_idle` runs then, not at
+        // the next timer (which may be many seconds away).
+        let quiet = (self.busy && self.on_idle.is_some()).then(|| now + QUIET_AFTER);
+        [self.hub.next_deadline(), self.accept_retry_at, quiet]
             .into_iter()
             .flatten()
             .min()
