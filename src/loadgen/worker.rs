@@ -29,7 +29,9 @@ const MAX_CONNECTING: usize = 512;
 pub struct ThreadResult {
     /// Delivery latency in microseconds, for messages received while measuring.
     pub latency: Histogram<u64>,
-    /// `(sender << 40) | seq` of every message received, for loss and duplicate checks.
+    /// One key per message received, for loss and duplicate checks: `sender << 40 | seq`
+    /// for direct messages; broadcasts add the recipient (`recipient << 44 | sender << 24
+    /// | seq`, seq modulo 2^24) since every recipient gets the same sender and seq.
     pub received: Vec<u64>,
     /// Messages the server accepted (`+SENT`/`+STORED`), or relay round trips.
     pub accepted: u64,
@@ -336,7 +338,7 @@ impl Worker {
     }
 
     /// Records a delivered message text `<sender>.<seq>.<t_ns>.padding`.
-    fn delivery(&mut self, text: &[u8]) {
+    fn delivery(&mut self, key: usize, text: &[u8]) {
         let mut parts = text.splitn(4, |&b| b == b'.');
         let num = |p: Option<&[u8]>| -> Option<u64> { std::str::from_utf8(p?).ok()?.parse().ok() };
         let (Some(sender), Some(seq), Some(t)) =
@@ -347,7 +349,13 @@ impl Worker {
         };
         self.delivered += 1;
         if self.plan.check {
-            self.result.received.push((sender << 40) | seq);
+            let id = if self.plan.mode == Mode::Broadcast {
+                let recipient = self.conns.get(key).map_or(0, |c| c.idx as u64);
+                (recipient << 44) | ((sender & 0xf_ffff) << 24) | (seq & 0xff_ffff)
+            } else {
+                (sender << 40) | seq
+            };
+            self.result.received.push(id);
         }
         if self.measuring {
             let us = mono_ns().saturating_sub(t) / 1000;
@@ -361,7 +369,7 @@ impl Worker {
             // From the partner, through the relay: `MSG <to> <text>` or `ACK <seq>`.
             if let Some(rest) = line.strip_prefix(b"MSG ") {
                 let text = rest.splitn(2, |&b| b == b' ').nth(1).unwrap_or_default();
-                self.delivery(text);
+                self.delivery(key, text);
                 if let Some(c) = self.conns.get_mut(key) {
                     c.wbuf.extend_from_slice(b"ACK 0\n");
                 }
@@ -377,13 +385,13 @@ impl Worker {
                 .and_then(|p| std::str::from_utf8(p).ok())
                 .and_then(|p| p.parse::<u64>().ok());
             let text = parts.nth(1).unwrap_or_default();
-            self.delivery(text);
+            self.delivery(key, text);
             if let (Some(id), Some(c)) = (id, self.conns.get_mut(key)) {
                 c.ack = Some(id);
             }
         } else if let Some(rest) = line.strip_prefix(b"*BCAST ") {
             let text = rest.splitn(2, |&b| b == b' ').nth(1).unwrap_or_default();
-            self.delivery(text);
+            self.delivery(key, text);
         } else if line.starts_with(b"+SENT ") || line.starts_with(b"+STORED ") {
             self.accepted += 1;
             self.replied(key);
