@@ -76,6 +76,10 @@ struct Common {
     /// Longest wait for everyone to connect and log in.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     setup_timeout: Duration,
+    /// direct: send to users u<N>..u<2N-1>, who stay offline, so every message is
+    /// stored (measures the offline store path; "deliveries" then counts stored messages).
+    #[arg(long)]
+    offline: bool,
     /// Skip the loss and duplicate check (saves memory on very long runs).
     #[arg(long)]
     no_check: bool,
@@ -141,6 +145,7 @@ fn main() -> ExitCode {
         duration: c.duration,
         setup_timeout: c.setup_timeout,
         check: !c.no_check,
+        offline: c.offline && mode == Mode::Direct,
     };
     match loadgen::run(&opts) {
         Ok(report) => {

@@ -74,6 +74,8 @@ pub struct Plan {
     pub msg_size: usize,
     /// Keep every received id to count losses and duplicates.
     pub check: bool,
+    /// Direct: send to users `clients..2*clients`, who never log in (stored messages).
+    pub offline: bool,
 }
 
 impl Plan {
@@ -135,6 +137,7 @@ pub struct Options {
     /// Longest wait for connecting and logging in everyone.
     pub setup_timeout: Duration,
     pub check: bool,
+    pub offline: bool,
 }
 
 /// What the server's `/proc` files say at one moment.
@@ -364,7 +367,8 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         window: opts.window,
         senders: opts.senders.min(opts.clients),
         msg_size: opts.msg_size,
-        check: opts.check,
+        check: opts.check && !opts.offline,
+        offline: opts.offline,
     });
     let progress = Progress {
         on: io::stderr().is_terminal(),
@@ -504,14 +508,20 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         Mode::Direct | Mode::Broadcast | Mode::Ceiling => {
             shared.set_phase(Phase::Run);
             wait_for(opts.warmup, &progress, || false);
+            // Offline recipients never receive: count what the server stored instead.
+            let counter = if opts.offline {
+                &shared.accepted
+            } else {
+                &shared.delivered
+            };
             let b = sample();
-            let d0 = shared.delivered.load(Ordering::Relaxed);
+            let d0 = counter.load(Ordering::Relaxed);
             shared.set_phase(Phase::Measure);
             let t0 = Instant::now();
             wait_for(opts.duration, &progress, || false);
             shared.set_phase(Phase::Drain);
             let secs = t0.elapsed().as_secs_f64();
-            let d1 = shared.delivered.load(Ordering::Relaxed);
+            let d1 = counter.load(Ordering::Relaxed);
             let a = sample();
             // Let what is in flight land, then compare what was sent and received.
             let broadcast = opts.mode == Mode::Broadcast;
@@ -522,7 +532,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                     shared.accepted.load(Ordering::Relaxed)
                 };
                 shared.inflight.load(Ordering::Relaxed) <= 0
-                    && shared.delivered.load(Ordering::Relaxed) >= expected
+                    && (opts.offline || shared.delivered.load(Ordering::Relaxed) >= expected)
             });
             stop(&shared);
             progress.done();
@@ -547,13 +557,18 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                 report.int("senders", plan.senders as u64);
             }
             report.int("msg_bytes", opts.msg_size as u64);
+            if opts.offline {
+                report.text("recipients", "offline (stored)");
+            }
             report.float("measured_s", secs);
             report.int("deliveries", deliveries);
             report.float("deliveries_per_s", deliveries as f64 / secs);
-            report.float("p50_us", latency.value_at_quantile(0.5) as f64);
-            report.float("p99_us", latency.value_at_quantile(0.99) as f64);
-            report.float("p999_us", latency.value_at_quantile(0.999) as f64);
-            report.float("max_us", latency.max() as f64);
+            if !opts.offline {
+                report.float("p50_us", latency.value_at_quantile(0.5) as f64);
+                report.float("p99_us", latency.value_at_quantile(0.99) as f64);
+                report.float("p999_us", latency.value_at_quantile(0.999) as f64);
+                report.float("max_us", latency.max() as f64);
+            }
             let cpu = if opts.mode == Mode::Ceiling {
                 let s = shared.relay_cpu_start.load(Ordering::Relaxed);
                 let e = shared.relay_cpu_end.load(Ordering::Relaxed);
@@ -568,7 +583,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                     cpu * 1e6 / deliveries.max(1) as f64,
                 );
             }
-            if opts.check {
+            if plan.check {
                 let total = received.len() as u64;
                 received.sort_unstable();
                 received.dedup();

@@ -477,7 +477,9 @@ impl Worker {
                 return;
             }
             let (idx, seq) = (c.idx, c.seq);
-            let to = if plan.clients > 1 {
+            let to = if plan.offline {
+                plan.clients + (self.next_rand() % plan.clients as u64) as usize
+            } else if plan.clients > 1 {
                 let r = (self.next_rand() % (plan.clients as u64 - 1)) as usize;
                 if r >= idx { r + 1 } else { r }
             } else {

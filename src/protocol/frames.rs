@@ -461,9 +461,22 @@ pub fn encode_list<'a>(out: &mut Vec<u8>, prefix: &str, names: impl IntoIterator
     out.push(b'\n');
 }
 
+/// Appends `<head><arg>\n` without the formatting machinery (the hot replies).
+fn push_line(out: &mut Vec<u8>, head: &[u8], arg: &str) {
+    out.extend_from_slice(head);
+    out.extend_from_slice(arg.as_bytes());
+    out.push(b'\n');
+}
+
 impl Reply<'_> {
     pub fn encode(&self, out: &mut Vec<u8>) {
         use std::io::Write;
+        // One reply per message sent: the two hottest frames skip `fmt`.
+        match self {
+            Reply::Sent { to, stored: false } => return push_line(out, b"+SENT ", to),
+            Reply::Sent { to, stored: true } => return push_line(out, b"+STORED ", to),
+            _ => {}
+        }
         let _ = match self {
             Reply::Hello { version, software } => writeln!(out, "+HELLO {version} {software}"),
             Reply::Welcome => writeln!(out, "+WELCOME"),

@@ -19,7 +19,7 @@
 //!   happens, and a reply that claims durability (`+SENT`, `+STORED`, `+BLOCKED`, ...)
 //!   holds its session's output until the loop reports that batch durable.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -241,7 +241,9 @@ enum TimerKind {
 pub struct Hub<S> {
     pub sessions: Slab<Session<S>>,
     accounts: Vec<Account>,
-    by_name: HashMap<Box<str>, AccountId>,
+    /// Name lookups happen on every request: foldhash (randomly seeded per process) is
+    /// several times faster than SipHash, and peers cannot insert keys, only look up.
+    by_name: foldhash::HashMap<Box<str>, AccountId>,
     /// Logged-in accounts, unordered (swap-remove; `Account::online_pos` indexes it).
     online: Vec<AccountId>,
     cfg: HubConfig,
@@ -306,7 +308,10 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl<S> Hub<S> {
     pub fn new(credentials: Vec<Credential>, cfg: HubConfig, now: Instant) -> Self {
-        let mut by_name = HashMap::with_capacity(credentials.len());
+        let mut by_name = foldhash::HashMap::with_capacity_and_hasher(
+            credentials.len(),
+            foldhash::fast::RandomState::default(),
+        );
         let accounts = credentials
             .into_iter()
             .enumerate()
