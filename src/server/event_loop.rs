@@ -183,10 +183,14 @@ impl Server {
                 return Err(RunError::Poll(e));
             }
             if events.is_empty() && self.read_backlog.is_empty() {
-                if self.busy
-                    && let Some(f) = self.on_idle
-                {
-                    f();
+                if self.busy {
+                    // Quiet after activity: idle connections give their buffers back
+                    // (kept while busy, so a loaded server does not reallocate them
+                    // on every flush), then the allocator returns memory to the kernel.
+                    self.hub.release_buffers();
+                    if let Some(f) = self.on_idle {
+                        f();
+                    }
                 }
                 self.busy = false;
             } else {
@@ -240,7 +244,7 @@ impl Server {
         }
         // After activity, wake once when things go quiet so `on_idle` runs then, not at
         // the next timer (which may be many seconds away).
-        let quiet = (self.busy && self.on_idle.is_some()).then(|| now + QUIET_AFTER);
+        let quiet = self.busy.then(|| now + QUIET_AFTER);
         [self.hub.next_deadline(), self.accept_retry_at, quiet]
             .into_iter()
             .flatten()
@@ -318,12 +322,7 @@ impl Server {
                 }
                 if !s.out.is_empty() {
                     match write_until_blocked(&mut s.io, s.out.pending()) {
-                        Ok(n) => {
-                            s.out.consume(n);
-                            // An idle connection holds no output buffer: memory per
-                            // idle connection is what the idle benchmark measures.
-                            s.out.shrink(0);
-                        }
+                        Ok(n) => s.out.consume(n),
                         Err(e) => {
                             debug!("conn {key}: write error: {e}");
                             s.out.clear();

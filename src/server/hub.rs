@@ -345,6 +345,14 @@ impl<S> Hub<S> {
         }
     }
 
+    /// Gives back the buffers of connections with nothing pending (the loop calls this
+    /// when it goes quiet): an idle connection then holds no buffer at all.
+    pub fn release_buffers(&mut self) {
+        for (_, s) in self.sessions.iter_mut() {
+            s.shrink();
+        }
+    }
+
     /// Wall-clock time of `now`, in Unix ms.
     fn wall_ms(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.origin).as_millis();
@@ -623,8 +631,6 @@ impl<S> Hub<S> {
         if let Some(s) = self.sessions.get_mut(key)
             && !s.is_closing()
         {
-            // No partial line left: hold no input buffer between reads.
-            decoder.shrink();
             s.decoder = decoder;
         }
     }
