@@ -1,4 +1,5 @@
 //! `natterd [PORT] [BLOCK_DURATION] [TIMEOUT] [options]`: the natter server.
+//! `natterd hash-password`: prints an argon2id hash for `credentials.txt`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,7 +20,8 @@ fn release_memory() {
     // call from any thread at any time (it only walks mimalloc's own structures).
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
-use natter::server::event_loop::StoreConfig;
+use natter::server::event_loop::{Limits, StoreConfig};
+use natter::server::hub::LockoutScope;
 use natter::server::store::FsyncPolicy;
 use natter::server::{self, Config, HubConfig};
 use natter::units::{parse_duration, parse_size};
@@ -83,12 +85,91 @@ struct Args {
     /// The journal is rewritten from the live data once it doubles, but not below this size.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     compact_min: usize,
+    /// What three wrong passwords lock: `account` (the username, from anywhere) or
+    /// `account+ip` (the username from that address only).
+    #[arg(long, default_value = "account", value_parser = parse_scope)]
+    lockout_scope: LockoutScope,
+    /// Commands a client may send in a burst before its input is paused (0: no limit).
+    #[arg(long, default_value_t = 40)]
+    flood_burst: u32,
+    /// Commands per second a client may sustain after its burst.
+    #[arg(long, default_value_t = 10.0)]
+    flood_rate: f64,
+    /// Open connections from one address (0: no limit).
+    #[arg(long, default_value_t = 32)]
+    max_per_ip: u32,
+    /// New connections from one address per minute (0: no limit).
+    #[arg(long, default_value_t = 60)]
+    max_new_per_ip: u32,
+    /// Apply the per-address and flood limits to loopback clients too (exempt by default).
+    #[arg(long)]
+    limit_loopback: bool,
+    /// Threads that verify password hashes (off the event loop).
+    #[arg(long, default_value_t = 1)]
+    verify_threads: usize,
+    /// Log the counters this often with -v (e.g. `60s`; 0: only on SIGUSR1).
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    stats_interval: Duration,
     /// More logging: -v logins and limits, -vv connections (default: warnings only, or RUST_LOG).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
 
+fn parse_scope(s: &str) -> Result<LockoutScope, String> {
+    match s {
+        "account" => Ok(LockoutScope::Account),
+        "account+ip" => Ok(LockoutScope::AccountIp),
+        _ => Err(format!("`{s}` is not `account` or `account+ip`")),
+    }
+}
+
+/// `natterd hash-password`: reads a password (twice, unechoed, on a terminal; one line
+/// otherwise) and prints its argon2id hash.
+fn hash_password() -> ExitCode {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    let read_line = |prompt: &str| -> std::io::Result<String> {
+        let tty = stdin.is_terminal();
+        let _quiet = if tty {
+            eprint!("{prompt}");
+            let _ = std::io::stderr().flush();
+            natter::client::terminal::NoEcho::new()
+        } else {
+            None
+        };
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        if tty {
+            eprintln!();
+        }
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    };
+    let result = (|| -> Result<String, String> {
+        let pw = read_line("Password: ").map_err(|e| e.to_string())?;
+        if pw.is_empty() || pw.chars().any(char::is_whitespace) {
+            return Err("the password must be non-empty, without white space".into());
+        }
+        if stdin.is_terminal() && read_line("Again: ").map_err(|e| e.to_string())? != pw {
+            return Err("the passwords differ".into());
+        }
+        natter::server::accounts::hash_password(&pw)
+    })();
+    match result {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("natterd: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("hash-password") {
+        return hash_password();
+    }
     let args: Args = match natter::cli::parse_args("natterd") {
         Ok(a) => a,
         Err(code) => return code,
@@ -126,6 +207,14 @@ fn main() -> ExitCode {
         addr: SocketAddr::new(args.bind, args.port),
         max_connections,
         on_idle: Some(release_memory),
+        credentials_path: Some(args.credentials.clone()),
+        limits: Limits {
+            max_per_ip: args.max_per_ip,
+            new_per_ip_per_min: args.max_new_per_ip,
+            limit_loopback: args.limit_loopback,
+        },
+        verify_threads: args.verify_threads.max(1),
+        stats_interval: (!args.stats_interval.is_zero()).then_some(args.stats_interval),
         store: StoreConfig {
             dir: (!args.in_memory).then_some(args.data_dir),
             fsync: args.fsync,
@@ -142,6 +231,10 @@ fn main() -> ExitCode {
             ack_window: args.ack_window,
             mailbox_max_messages: args.mailbox_max_messages,
             mailbox_max_bytes: args.mailbox_max_bytes,
+            lockout_scope: args.lockout_scope,
+            flood_burst: args.flood_burst,
+            flood_rate: args.flood_rate.max(0.001),
+            limit_loopback: args.limit_loopback,
         },
     };
     let accounts = credentials.len();

@@ -90,6 +90,12 @@ pub fn bye(reason: &str) -> String {
         "slow-reader" => "Disconnected by the server: not reading fast enough".to_string(),
         "login-timeout" => "Disconnected by the server: login took too long".to_string(),
         "removed" => "Your account has been removed".to_string(),
+        "too-many-connections" => {
+            "Disconnected by the server: too many connections from your address".to_string()
+        }
+        "connecting-too-fast" => {
+            "Disconnected by the server: connecting too often, try again in a minute".to_string()
+        }
         other => format!("Disconnected by the server: {other}"),
     }
 }

@@ -58,3 +58,26 @@ pub fn interactive() -> bool {
     use std::io::IsTerminal;
     std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
 }
+
+/// While alive, the terminal on stdin does not echo (canonical line input stays on):
+/// for reading a password a line at a time. Restored on drop.
+pub struct NoEcho {
+    original: Termios,
+}
+
+impl NoEcho {
+    /// Turns echo off; `None` when stdin is not a terminal.
+    pub fn new() -> Option<NoEcho> {
+        let original = termios::tcgetattr(std::io::stdin()).ok()?;
+        let mut quiet = original.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &quiet).ok()?;
+        Some(NoEcho { original })
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.original);
+    }
+}

@@ -7,10 +7,13 @@
 //!   line is discarded up to its newline and reported once as [`Frame::TooLong`], so a
 //!   peer sending megabytes without a newline costs neither memory nor a busy loop;
 //! - complete lines inside one read are handed out straight from the caller's buffer;
-//!   only a partial tail is copied, so an idle connection owns no buffer at all.
+//!   only a partial tail is copied, so an idle connection owns no buffer at all;
+//! - a handler can refuse a frame for now ([`Flow::Pause`]): that frame and every byte
+//!   after it are kept, in order, until [`LineDecoder::resume`]; nothing is dropped.
+//!   The caller stops reading while paused, so what is held is bounded by one read.
 
 /// What the decoder found in the stream.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Frame<'a> {
     /// A complete line, without its terminator.
     Line(&'a str),
@@ -25,13 +28,28 @@ pub enum Frame<'a> {
 pub struct LineDecoder {
     partial: Vec<u8>,
     discarding: bool,
+    /// The frame a handler paused on, kept to be offered again first.
+    stalled: Option<Stalled>,
+    /// Raw bytes that came after the stalled frame.
+    held: Vec<u8>,
 }
 
-/// Whether the frame handler wants more frames from this batch.
+#[derive(Debug)]
+enum Stalled {
+    Line(Vec<u8>),
+    TooLong,
+    BadUtf8,
+}
+
+/// What the frame handler wants next.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Flow {
+    /// Handled; go on.
     Continue,
+    /// Handled; drop the rest (the connection is closing).
     Stop,
+    /// Not handled: keep this frame and everything after it until `resume`.
+    Pause,
 }
 
 impl LineDecoder {
@@ -47,6 +65,41 @@ impl LineDecoder {
         }
     }
 
+    /// Whether a handler paused on a frame that is still waiting.
+    pub fn is_paused(&self) -> bool {
+        self.stalled.is_some()
+    }
+
+    /// Offers the stalled frame again, then the bytes held after it, as `feed` would.
+    pub fn resume(&mut self, max_line: usize, mut on_frame: impl FnMut(Frame<'_>) -> Flow) {
+        let Some(stalled) = self.stalled.take() else {
+            return;
+        };
+        let flow = match &stalled {
+            Stalled::Line(raw) => on_frame(classify(raw, max_line)),
+            Stalled::TooLong => on_frame(Frame::TooLong),
+            Stalled::BadUtf8 => on_frame(Frame::BadUtf8),
+        };
+        match flow {
+            Flow::Pause => self.stalled = Some(stalled),
+            Flow::Stop => self.held = Vec::new(),
+            Flow::Continue => {
+                let held = std::mem::take(&mut self.held);
+                self.feed(&held, max_line, on_frame);
+            }
+        }
+    }
+
+    /// Keeps `frame` (from `raw`) and `rest` for `resume`.
+    fn stall(&mut self, frame: &Frame<'_>, raw: &[u8], rest: &[u8]) {
+        self.stalled = Some(match frame {
+            Frame::Line(_) => Stalled::Line(raw.to_vec()),
+            Frame::TooLong => Stalled::TooLong,
+            Frame::BadUtf8 => Stalled::BadUtf8,
+        });
+        self.held.extend_from_slice(rest);
+    }
+
     /// Feeds `data` and calls `on_frame` for every complete frame, in order.
     ///
     /// Stops early (dropping the rest of `data`) when `on_frame` returns [`Flow::Stop`],
@@ -57,6 +110,10 @@ impl LineDecoder {
         max_line: usize,
         mut on_frame: impl FnMut(Frame<'_>) -> Flow,
     ) {
+        if self.stalled.is_some() {
+            self.held.extend_from_slice(data);
+            return;
+        }
         while !data.is_empty() {
             let newline = memchr::memchr(b'\n', data);
             if self.discarding {
@@ -64,8 +121,10 @@ impl LineDecoder {
                     Some(i) => {
                         self.discarding = false;
                         data = &data[i + 1..];
-                        if on_frame(Frame::TooLong) == Flow::Stop {
-                            return;
+                        match on_frame(Frame::TooLong) {
+                            Flow::Continue => {}
+                            Flow::Stop => return,
+                            Flow::Pause => return self.stall(&Frame::TooLong, &[], data),
                         }
                         continue;
                     }
@@ -82,12 +141,22 @@ impl LineDecoder {
                 }
                 return;
             };
+            let rest = &data[i + 1..];
             let flow = if self.partial.is_empty() {
-                on_frame(classify(&data[..i], max_line))
+                let frame = classify(&data[..i], max_line);
+                let flow = on_frame(frame);
+                if flow == Flow::Pause {
+                    return self.stall(&frame, &data[..i], rest);
+                }
+                flow
             } else {
                 self.partial.extend_from_slice(&data[..i]);
                 let line = std::mem::take(&mut self.partial);
-                let flow = on_frame(classify(&line, max_line));
+                let frame = classify(&line, max_line);
+                let flow = on_frame(frame);
+                if flow == Flow::Pause {
+                    return self.stall(&frame, &line, rest);
+                }
                 // Keep the allocation for the next partial line only if it is small.
                 if line.capacity() <= 1024 {
                     self.partial = line;
@@ -95,7 +164,7 @@ impl LineDecoder {
                 }
                 flow
             };
-            data = &data[i + 1..];
+            data = rest;
             if flow == Flow::Stop {
                 return;
             }
@@ -264,6 +333,44 @@ mod tests {
             });
         }
         out
+    }
+
+    #[test]
+    fn a_paused_frame_and_everything_after_it_wait_in_order() {
+        let mut dec = LineDecoder::default();
+        let mut seen = Vec::new();
+        let mut gate = true;
+        let label = |f: Frame<'_>| match f {
+            Frame::Line(s) => s.to_string(),
+            Frame::TooLong => "TOO_LONG".into(),
+            Frame::BadUtf8 => "BAD_UTF8".into(),
+        };
+        let long = format!("{}\n", "x".repeat(20));
+        let handler = |f: Frame<'_>, seen: &mut Vec<String>, gate: bool| {
+            let l = label(f);
+            if gate && l == "b" {
+                return Flow::Pause;
+            }
+            seen.push(l);
+            Flow::Continue
+        };
+        dec.feed(b"a\nb\nc\npar", 10, |f| handler(f, &mut seen, gate));
+        assert_eq!(seen, ["a"]);
+        assert!(dec.is_paused());
+        // More input while paused is held, not handed out.
+        dec.feed(b"tial\n", 10, |f| handler(f, &mut seen, gate));
+        dec.feed(long.as_bytes(), 10, |f| handler(f, &mut seen, gate));
+        dec.feed(b"\xff\nz", 10, |f| handler(f, &mut seen, gate));
+        assert_eq!(seen, ["a"]);
+        // Still refused: still held.
+        dec.resume(10, |f| handler(f, &mut seen, gate));
+        assert_eq!(seen, ["a"]);
+        gate = false;
+        dec.resume(10, |f| handler(f, &mut seen, gate));
+        assert_eq!(seen, ["a", "b", "c", "partial", "TOO_LONG", "BAD_UTF8"]);
+        assert!(!dec.is_paused());
+        dec.feed(b"\n", 10, |f| handler(f, &mut seen, gate));
+        assert_eq!(seen.last().map(String::as_str), Some("z"));
     }
 
     #[test]

@@ -366,6 +366,10 @@ pub enum ByeReason {
     Shutdown,
     /// The account was removed from the credentials.
     Removed,
+    /// Too many connections from the client's address.
+    TooManyConnections,
+    /// Too many new connections from the client's address in the last minute.
+    ConnectingTooFast,
 }
 
 impl ByeReason {
@@ -376,6 +380,8 @@ impl ByeReason {
             ByeReason::NoPong => "no-pong",
             ByeReason::Shutdown => "shutdown",
             ByeReason::Removed => "removed",
+            ByeReason::TooManyConnections => "too-many-connections",
+            ByeReason::ConnectingTooFast => "connecting-too-fast",
         }
     }
 }

@@ -15,26 +15,39 @@
 //! 6. sweep connections the hub closed: deregister and drop them (those with held
 //!    output linger until it is released and flushed);
 //! 7. accept new connections (deferred to here, so a new connection can never
-//!    receive an event or timer meant for a closed one that held its slab key).
+//!    receive an event or timer meant for a closed one that held its slab key),
+//!    applying the per-address limits.
+//!
+//! Two more sources wake the loop: the `Waker` (the journal writer reporting durable
+//! batches, the verifier threads returning password verdicts) and signals, delivered as
+//! events by signal-hook-mio: SIGHUP reloads the credentials, SIGTERM/SIGINT shut down
+//! gracefully (everyone told, state flushed), SIGUSR1 logs the counters.
 
-use std::io;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::accounts::Credential;
+use super::accounts::{self, Credential};
 use super::hub::{CloseReason, Hub, HubConfig};
 use super::store::{DataDir, FsyncPolicy, Journal, StoreError};
+use super::verifier::Verifier;
 use crate::net::{Step, read_step, write_until_blocked};
+use crate::protocol::frames::{ByeReason, Push};
 
 const LISTENER: Token = Token(usize::MAX);
-/// Woken by the journal writer when batches become durable.
+/// Woken by the journal writer (durable batches) and the verifier threads (verdicts).
 const WAKER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// How long a graceful shutdown waits for clients to take their last bytes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Bytes read from one connection per iteration before others get a turn.
 const READ_BUDGET: usize = 256 * 1024;
@@ -56,6 +69,32 @@ pub struct Config {
     /// Called when the loop goes quiet after activity (a poll that returned no events):
     /// the binary uses it to hand freed memory back to the kernel.
     pub on_idle: Option<fn()>,
+    /// The credentials file, re-read on SIGHUP (`None`: no signal handling at all).
+    pub credentials_path: Option<PathBuf>,
+    pub limits: Limits,
+    /// Password-hash verifier threads.
+    pub verify_threads: usize,
+    /// Log the counters this often (`None`: only on SIGUSR1).
+    pub stats_interval: Option<Duration>,
+}
+
+/// Per-address connection limits (0 disables one).
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Open connections from one address.
+    pub max_per_ip: u32,
+    /// New connections from one address per minute (a token bucket of this size).
+    pub new_per_ip_per_min: u32,
+    /// Apply them to loopback addresses too.
+    pub limit_loopback: bool,
+}
+
+/// What the loop remembers about one client address.
+#[derive(Debug)]
+struct IpEntry {
+    conns: u32,
+    tokens: f64,
+    at: Instant,
 }
 
 /// Where and how durable state is kept.
@@ -116,6 +155,16 @@ pub struct Server {
     busy: bool,
     /// Set when accepting failed for lack of file descriptors.
     accept_retry_at: Option<Instant>,
+    verifier: Verifier,
+    signals: Option<signal_hook_mio::v1_0::Signals>,
+    credentials_path: Option<PathBuf>,
+    limits: Limits,
+    per_ip: HashMap<IpAddr, IpEntry>,
+    /// `per_ip` is pruned when it grows past this.
+    per_ip_prune_at: usize,
+    stats_interval: Option<Duration>,
+    next_stats: Option<Instant>,
+    stopping: bool,
 }
 
 impl Server {
@@ -133,6 +182,22 @@ impl Server {
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(RunError::Poll)?;
         let now = Instant::now();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::Poll)?);
+        let verifier =
+            Verifier::start(cfg.verify_threads, waker.clone()).map_err(RunError::Poll)?;
+        let signals = match &cfg.credentials_path {
+            None => None,
+            Some(_) => {
+                use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+                let mut sig =
+                    signal_hook_mio::v1_0::Signals::new([SIGHUP, SIGINT, SIGTERM, SIGUSR1])
+                        .map_err(RunError::Poll)?;
+                poll.registry()
+                    .register(&mut sig, SIGNALS, Interest::READABLE)
+                    .map_err(RunError::Poll)?;
+                Some(sig)
+            }
+        };
         let mut hub = Hub::new(credentials, cfg.hub, now);
         let journal = match &cfg.store.dir {
             None => None,
@@ -143,7 +208,7 @@ impl Server {
                 hub.enable_journal();
                 let mut snapshot = Vec::new();
                 hub.snapshot(now, &mut snapshot);
-                let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(RunError::Poll)?);
+                let waker = waker.clone();
                 let s = &cfg.store;
                 Some(
                     Journal::start(data, &snapshot, s.fsync, s.compact_min, waker)
@@ -164,6 +229,15 @@ impl Server {
             on_idle: cfg.on_idle,
             busy: false,
             accept_retry_at: None,
+            verifier,
+            signals,
+            credentials_path: cfg.credentials_path,
+            limits: cfg.limits,
+            per_ip: HashMap::new(),
+            per_ip_prune_at: 1024,
+            stats_interval: cfg.stats_interval,
+            next_stats: cfg.stats_interval.map(|d| now + d),
+            stopping: false,
         })
     }
 
@@ -171,7 +245,8 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Runs until the poll itself fails.
+    /// Runs until SIGTERM/SIGINT (then shuts down gracefully and returns `Ok`) or until
+    /// the poll itself fails.
     pub fn run(mut self) -> Result<(), RunError> {
         let mut events = Events::with_capacity(1024);
         loop {
@@ -210,7 +285,8 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
-                    WAKER => {} // The journal moved on: handled in `commit`.
+                    WAKER => self.take_verdicts(now),
+                    SIGNALS => self.on_signals(now),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read(key, now);
@@ -222,9 +298,18 @@ impl Server {
                 }
             }
             self.hub.expire(now);
+            self.dispatch_verifications();
+            self.read_backlog.extend(self.hub.take_resumed());
             self.commit(now);
             self.flush(now);
             self.sweep();
+            if self.stopping {
+                return self.shutdown();
+            }
+            if self.next_stats.is_some_and(|t| t <= now) {
+                info!("{}", self.hub.stats_line());
+                self.next_stats = self.stats_interval.map(|d| now + d);
+            }
             if self.accept_retry_at.is_some_and(|t| t <= now) {
                 self.accept_retry_at = None;
                 self.accept_ready = true;
@@ -245,11 +330,16 @@ impl Server {
         // After activity, wake once when things go quiet so `on_idle` runs then, not at
         // the next timer (which may be many seconds away).
         let quiet = self.busy.then(|| now + QUIET_AFTER);
-        [self.hub.next_deadline(), self.accept_retry_at, quiet]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| t.saturating_duration_since(now))
+        [
+            self.hub.next_deadline(),
+            self.accept_retry_at,
+            quiet,
+            self.next_stats,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
     }
 
     /// Submits this iteration's journal batch and releases output held for batches
@@ -280,7 +370,9 @@ impl Server {
             let Some(s) = self.hub.sessions.get_mut(key) else {
                 return;
             };
-            if s.is_closing() {
+            // A paused session is not read: its input waits in the kernel (flow control
+            // by TCP) until the hub resumes it.
+            if s.is_closing() || s.input_paused() {
                 return;
             }
             match read_step(&mut s.io, &mut self.scratch) {
@@ -362,6 +454,9 @@ impl Server {
                 continue;
             }
             if let Some(mut s) = self.hub.sessions.try_remove(key) {
+                if let Some(e) = self.per_ip.get_mut(&s.peer.ip()) {
+                    e.conns = e.conns.saturating_sub(1);
+                }
                 let _ = self.poll.registry().deregister(&mut s.io);
                 let _ = s.io.shutdown(std::net::Shutdown::Both);
                 // Dropping `s` closes the socket.
@@ -370,10 +465,157 @@ impl Server {
         }
     }
 
+    /// Applies the per-address limits to a new connection from `ip`; returns why it is
+    /// refused, if it is.
+    fn refuse(&mut self, ip: IpAddr, now: Instant) -> Option<ByeReason> {
+        let l = &self.limits;
+        if (l.max_per_ip == 0 && l.new_per_ip_per_min == 0)
+            || (ip.is_loopback() && !l.limit_loopback)
+        {
+            return None;
+        }
+        if self.per_ip.len() >= self.per_ip_prune_at {
+            self.prune_per_ip(now);
+        }
+        let l = &self.limits;
+        let burst = f64::from(l.new_per_ip_per_min);
+        let e = self.per_ip.entry(ip).or_insert(IpEntry {
+            conns: 0,
+            tokens: burst,
+            at: now,
+        });
+        e.tokens = (e.tokens + now.saturating_duration_since(e.at).as_secs_f64() * burst / 60.0)
+            .min(burst);
+        e.at = now;
+        if l.max_per_ip > 0 && e.conns >= l.max_per_ip {
+            self.hub.stats.per_ip_refused += 1;
+            warn!(
+                "refused connection from {ip}: {} connections open (--max-per-ip)",
+                e.conns
+            );
+            return Some(ByeReason::TooManyConnections);
+        }
+        if l.new_per_ip_per_min > 0 {
+            if e.tokens < 1.0 {
+                self.hub.stats.rate_refused += 1;
+                warn!(
+                    "refused connection from {ip}: over {} new connections a minute (--max-new-per-ip)",
+                    l.new_per_ip_per_min
+                );
+                return Some(ByeReason::ConnectingTooFast);
+            }
+            e.tokens -= 1.0;
+        }
+        None
+    }
+
+    /// Forgets addresses with no connection and a full bucket.
+    fn prune_per_ip(&mut self, now: Instant) {
+        let burst = f64::from(self.limits.new_per_ip_per_min);
+        self.per_ip.retain(|_, e| {
+            let tokens =
+                e.tokens + now.saturating_duration_since(e.at).as_secs_f64() * burst / 60.0;
+            e.conns > 0 || tokens < burst
+        });
+        self.per_ip_prune_at = (self.per_ip.len() * 2).max(1024);
+    }
+
+    fn dispatch_verifications(&mut self) {
+        for job in self.hub.take_verify_jobs() {
+            self.verifier.submit(job);
+        }
+    }
+
+    fn take_verdicts(&mut self, now: Instant) {
+        let verdicts: Vec<_> = self.verifier.verdicts().collect();
+        for v in verdicts {
+            self.hub.verified(v.key, v.serial, v.ok, now);
+        }
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let Some(signals) = &mut self.signals else {
+            return;
+        };
+        let pending: Vec<i32> = signals.pending().collect();
+        for sig in pending {
+            match sig {
+                SIGHUP => self.reload(now),
+                SIGTERM | SIGINT => {
+                    info!("signal {sig}: shutting down");
+                    self.stopping = true;
+                }
+                SIGUSR1 => eprintln!("natterd: {}", self.hub.stats_line()),
+                _ => {}
+            }
+        }
+    }
+
+    /// Re-reads the credentials file; a broken file changes nothing.
+    fn reload(&mut self, now: Instant) {
+        let Some(path) = &self.credentials_path else {
+            return;
+        };
+        match accounts::load(path) {
+            Ok(creds) => {
+                let n = creds.len();
+                let (added, removed) = self.hub.reload(creds, now);
+                warn!(
+                    "reloaded {}: {n} accounts ({added} added, {removed} removed)",
+                    path.display()
+                );
+            }
+            Err(e) => error!("reload failed, keeping the current accounts: {e}"),
+        }
+    }
+
+    /// Graceful shutdown: everyone gets `*BYE shutdown`, their logouts are journaled,
+    /// output is flushed for up to `SHUTDOWN_GRACE`, and the journal is synced.
+    fn shutdown(mut self) -> Result<(), RunError> {
+        let start = Instant::now();
+        let online = self.hub.online_count();
+        self.hub.shutdown(start);
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            self.take_verdicts(now);
+            self.commit(now);
+            self.flush(now);
+            self.sweep();
+            if self.hub.sessions.is_empty() || now >= start + SHUTDOWN_GRACE {
+                break;
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(20)))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                return Err(RunError::Poll(e));
+            }
+        }
+        if let Some(journal) = self.journal.take() {
+            journal.close();
+        }
+        warn!(
+            "shut down: {online} users told, state saved, {} connections still had unsent output",
+            self.hub.sessions.len()
+        );
+        Ok(())
+    }
+
     fn accept(&mut self, now: Instant) {
         while self.hub.sessions.len() < self.max_connections {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
+                    if let Some(reason) = self.refuse(peer.ip(), now) {
+                        // Best effort: a fresh socket takes a short line; then close.
+                        let mut line = Vec::new();
+                        Push::Bye {
+                            reason: reason.as_str(),
+                        }
+                        .encode(&mut line);
+                        let _ = stream.write(&line);
+                        continue;
+                    }
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!("accept {peer}: TCP_NODELAY failed: {e}");
                     }
@@ -388,6 +630,9 @@ impl Server {
                     }
                     let got = self.hub.accept(stream, peer, now);
                     debug_assert_eq!(got, key);
+                    if let Some(e) = self.per_ip.get_mut(&peer.ip()) {
+                        e.conns += 1;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_ready = false;

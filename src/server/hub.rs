@@ -19,15 +19,16 @@
 //!   happens, and a reply that claims durability (`+SENT`, `+STORED`, `+BLOCKED`, ...)
 //!   holds its session's output until the loop reports that batch durable.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use log::{info, warn};
 use slab::Slab;
 
-use super::accounts::Credential;
+use super::accounts::{self, Credential};
 use super::store::{self, Record, Recovered};
 use super::timer::{TimerHandle, TimerWheel};
 use crate::protocol::frames::{
@@ -60,6 +61,25 @@ pub struct HubConfig {
     /// Per-recipient mailbox caps.
     pub mailbox_max_messages: usize,
     pub mailbox_max_bytes: usize,
+    /// What a lockout applies to.
+    pub lockout_scope: LockoutScope,
+    /// Commands a client may send in a burst before being throttled (0: no limit).
+    pub flood_burst: u32,
+    /// Commands per second a client may sustain once its burst is spent.
+    pub flood_rate: f64,
+    /// Apply per-address limits (flood control here, per-IP in the loop) to loopback
+    /// clients too; by default local clients (load tests, bots) are exempt.
+    pub limit_loopback: bool,
+}
+
+/// What three wrong passwords lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockoutScope {
+    /// The username, from every address (the contract's rule).
+    Account,
+    /// The username from that address only: an attacker elsewhere cannot lock the real
+    /// user out, but one with many addresses gets three guesses per address.
+    AccountIp,
 }
 
 impl Default for HubConfig {
@@ -75,6 +95,10 @@ impl Default for HubConfig {
             ack_window: 64,
             mailbox_max_messages: 10_000,
             mailbox_max_bytes: 4 << 20,
+            lockout_scope: LockoutScope::Account,
+            flood_burst: 40,
+            flood_rate: 10.0,
+            limit_loopback: false,
         }
     }
 }
@@ -97,6 +121,11 @@ pub struct Stats {
     pub login_timeouts: u64,
     pub idle_logouts: u64,
     pub store_refused: u64,
+    pub flood_throttled: u64,
+    pub per_ip_refused: u64,
+    pub rate_refused: u64,
+    pub hash_verifications: u64,
+    pub reloads: u64,
 }
 
 /// A direct message waiting in a mailbox or in a session's in-flight window.
@@ -110,10 +139,10 @@ struct Stored {
 #[derive(Debug)]
 struct Account {
     name: Box<str>,
-    password: Box<str>,
-    /// Consecutive wrong passwords since the last success or lockout.
-    failures: u8,
-    locked_until: Option<Instant>,
+    /// Plain text or a hash (see `accounts`); shared with verifier jobs.
+    password: Arc<str>,
+    /// Failures and lockout of the username (scope `Account`).
+    lock: LockState,
     /// The logged-in session, if any.
     session: Option<usize>,
     /// Position in `Hub::online` while logged in.
@@ -129,13 +158,22 @@ struct Account {
     ghost: bool,
 }
 
+/// Wrong passwords and the lockout they lead to, for a username or a (username,
+/// address) pair depending on the scope.
+#[derive(Debug, Default, Clone, Copy)]
+struct LockState {
+    /// Consecutive wrong passwords since the last success or lockout.
+    failures: u8,
+    locked_until: Option<Instant>,
+    last_failure: Option<Instant>,
+}
+
 impl Account {
-    fn new(name: Box<str>, password: Box<str>) -> Account {
+    fn new(name: Box<str>, password: Arc<str>) -> Account {
         Account {
             name,
             password,
-            failures: 0,
-            locked_until: None,
+            lock: LockState::default(),
             session: None,
             online_pos: 0,
             blocks: HashSet::new(),
@@ -159,6 +197,7 @@ pub enum CloseReason {
     SlowReader,
     NoPong,
     Shutdown,
+    Removed,
 }
 
 #[derive(Debug)]
@@ -202,6 +241,32 @@ pub struct Session<S> {
     login_timer: Option<TimerHandle>,
     /// Journal batch this session's output waits for (0: none).
     hold: u64,
+    /// Whether requests are handled now, or wait (input stays in the decoder).
+    gate: Gate,
+    /// Flood-control tokens (commands), refilled at `flood_rate` up to `flood_burst`.
+    tokens: f64,
+    tokens_at: Instant,
+    /// A `LOGIN` whose password hash is being verified off the loop.
+    pending_login: Option<(AccountId, Option<u16>)>,
+}
+
+/// Whether a session's requests are handled now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    Open,
+    /// Waiting for the password hash verification of its `LOGIN`.
+    Verifying,
+    /// Over the flood limit: resumes when a token is back.
+    Throttled,
+}
+
+/// A password hash to verify off the loop; the answer goes to [`Hub::verified`].
+#[derive(Debug)]
+pub struct VerifyJob {
+    pub key: usize,
+    pub serial: u64,
+    pub password: String,
+    pub hash: Arc<str>,
 }
 
 impl<S> Session<S> {
@@ -212,6 +277,12 @@ impl<S> Session<S> {
     /// Whether output is held until a journal batch is durable.
     pub fn is_held(&self) -> bool {
         self.hold != 0
+    }
+
+    /// Whether the session's input waits (verification, flood control): the loop stops
+    /// reading its socket until the hub lists it in [`Hub::take_resumed`].
+    pub fn input_paused(&self) -> bool {
+        self.gate != Gate::Open || self.decoder.is_paused()
     }
 
     /// The logged-in account, if any.
@@ -231,10 +302,27 @@ impl<S> Session<S> {
 
 #[derive(Debug, Clone, Copy)]
 enum TimerKind {
-    Login { key: usize, serial: u64 },
-    Idle { key: usize, serial: u64 },
-    Live { key: usize, serial: u64 },
-    Lockout { account: AccountId },
+    Login {
+        key: usize,
+        serial: u64,
+    },
+    Idle {
+        key: usize,
+        serial: u64,
+    },
+    Live {
+        key: usize,
+        serial: u64,
+    },
+    Lockout {
+        account: AccountId,
+        ip: Option<IpAddr>,
+    },
+    /// A throttled session gets a token back.
+    Resume {
+        key: usize,
+        serial: u64,
+    },
 }
 
 /// The chat state.
@@ -268,6 +356,12 @@ pub struct Hub<S> {
     held: Vec<(usize, u64)>,
     /// False while the journal cannot write: new messages are refused.
     store_ok: bool,
+    /// Lock states per (account, address) under `LockoutScope::AccountIp`.
+    ip_locks: HashMap<(AccountId, IpAddr), LockState>,
+    /// Hash verifications for the loop to hand to the verifier threads.
+    verify_jobs: Vec<VerifyJob>,
+    /// Sessions whose input resumed: the loop reads their sockets again.
+    resumed: Vec<(usize, u64)>,
     pub stats: Stats,
 }
 
@@ -298,14 +392,6 @@ fn after_append<S>(
     }
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    // Constant time in the contents (the length is not secret enough to hide).
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl<S> Hub<S> {
     pub fn new(credentials: Vec<Credential>, cfg: HubConfig, now: Instant) -> Self {
         let mut by_name = foldhash::HashMap::with_capacity_and_hasher(
@@ -317,7 +403,7 @@ impl<S> Hub<S> {
             .enumerate()
             .map(|(i, c)| {
                 by_name.insert(c.name.clone().into_boxed_str(), i as AccountId);
-                Account::new(c.name.into_boxed_str(), c.password.into_boxed_str())
+                Account::new(c.name.into_boxed_str(), c.password.into())
             })
             .collect();
         Hub {
@@ -341,6 +427,9 @@ impl<S> Hub<S> {
             batch_seq: 1,
             held: Vec::new(),
             store_ok: true,
+            ip_locks: HashMap::new(),
+            verify_jobs: Vec::new(),
+            resumed: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -428,7 +517,7 @@ impl<S> Hub<S> {
             if let Some(i) = accounts.iter().position(|a| a.ghost && &*a.name == name) {
                 return i as AccountId;
             }
-            let mut a = Account::new(name.into(), "".into());
+            let mut a = Account::new(name.into(), Arc::from(""));
             a.ghost = true;
             accounts.push(a);
             (accounts.len() - 1) as AccountId
@@ -463,9 +552,23 @@ impl<S> Hub<S> {
             };
             if let Some(until) = user.locked_until.filter(|&u| u > now_ms) {
                 let at = now + Duration::from_millis(until - now_ms);
-                a.locked_until = Some(at);
+                a.lock.locked_until = Some(at);
                 let at = self.coarse(at);
-                self.timers.insert(at, TimerKind::Lockout { account: id });
+                let ip = None;
+                self.timers
+                    .insert(at, TimerKind::Lockout { account: id, ip });
+            }
+            for (ip, until) in &user.ip_locks {
+                let (Ok(ip), true) = (ip.parse::<IpAddr>(), *until > now_ms) else {
+                    continue;
+                };
+                let at = now + Duration::from_millis(until - now_ms);
+                let st = self.ip_locks.entry((id, ip)).or_default();
+                st.locked_until = Some(at);
+                let at = self.coarse(at);
+                let ip = Some(ip);
+                self.timers
+                    .insert(at, TimerKind::Lockout { account: id, ip });
             }
         }
         if ghosts > 0 {
@@ -493,7 +596,7 @@ impl<S> Hub<S> {
             } else if let Some(at) = a.last_seen {
                 Record::Logout { who, at }.encode(out);
             }
-            if let Some(until) = a.locked_until {
+            if let Some(until) = a.lock.locked_until {
                 let left = until.saturating_duration_since(now).as_millis() as u64;
                 if left > 0 {
                     Record::Lock {
@@ -518,6 +621,20 @@ impl<S> Hub<S> {
                     from: &self.accounts[m.from as usize].name,
                     to: who,
                     text: &m.text,
+                }
+                .encode(out);
+            }
+        }
+        for (&(account, ip), st) in &self.ip_locks {
+            let Some(until) = st.locked_until else {
+                continue;
+            };
+            let left = until.saturating_duration_since(now).as_millis() as u64;
+            if left > 0 {
+                Record::LockIp {
+                    who: &self.accounts[account as usize].name,
+                    ip: &ip.to_string(),
+                    until: now_ms + left,
                 }
                 .encode(out);
             }
@@ -598,6 +715,10 @@ impl<S> Hub<S> {
             live_timer: None,
             login_timer: None,
             hold: 0,
+            gate: Gate::Open,
+            tokens: f64::from(self.cfg.flood_burst),
+            tokens_at: now,
+            pending_login: None,
         });
         let login = self.coarse(now + self.cfg.login_timeout);
         let live = self.coarse(now + self.cfg.ping_interval);
@@ -621,18 +742,81 @@ impl<S> Hub<S> {
         s.last_rx = now;
         let mut decoder = std::mem::take(&mut s.decoder);
         let max_line = self.cfg.max_line;
-        decoder.feed(data, max_line, |frame| {
-            self.on_frame(key, frame, now);
-            match self.sessions.get(key) {
-                Some(s) if !s.is_closing() => Flow::Continue,
-                _ => Flow::Stop,
-            }
-        });
+        decoder.feed(data, max_line, |frame| self.on_frame(key, frame, now));
+        self.put_decoder(key, decoder);
+    }
+
+    fn put_decoder(&mut self, key: usize, decoder: LineDecoder) {
         if let Some(s) = self.sessions.get_mut(key)
             && !s.is_closing()
         {
             s.decoder = decoder;
         }
+    }
+
+    /// Hands a paused session's held input to the handlers again; if nothing is left
+    /// waiting, the loop is told to read its socket again.
+    fn resume_input(&mut self, key: usize, now: Instant) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.is_closing() || s.gate != Gate::Open {
+            return;
+        }
+        let serial = s.serial;
+        let mut decoder = std::mem::take(&mut s.decoder);
+        decoder.resume(self.cfg.max_line, |frame| self.on_frame(key, frame, now));
+        let paused = decoder.is_paused();
+        self.put_decoder(key, decoder);
+        if !paused {
+            self.resumed.push((key, serial));
+        }
+    }
+
+    /// Sessions whose input resumed since the last call (the loop reads them again).
+    pub fn take_resumed(&mut self) -> Vec<(usize, u64)> {
+        std::mem::take(&mut self.resumed)
+    }
+
+    /// Password hashes to verify, for the loop to hand to the verifier threads.
+    pub fn take_verify_jobs(&mut self) -> Vec<VerifyJob> {
+        std::mem::take(&mut self.verify_jobs)
+    }
+
+    /// Whether flood control applies to this session.
+    fn flood_limited(&self, peer: &SocketAddr) -> bool {
+        self.cfg.flood_burst > 0 && (self.cfg.limit_loopback || !peer.ip().is_loopback())
+    }
+
+    /// Takes one flood-control token for a command, or throttles the session (pausing
+    /// its input until a token is back) and returns false.
+    fn take_token(&mut self, key: usize, now: Instant) -> bool {
+        let (burst, rate) = (f64::from(self.cfg.flood_burst), self.cfg.flood_rate);
+        let Some(peer) = self.sessions.get(key).map(|s| s.peer) else {
+            return false;
+        };
+        if !self.flood_limited(&peer) {
+            return true;
+        }
+        let s = &mut self.sessions[key];
+        let elapsed = now.saturating_duration_since(s.tokens_at).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * rate).min(burst);
+        s.tokens_at = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            return true;
+        }
+        let wait = Duration::from_secs_f64(((1.0 - s.tokens) / rate.max(0.001)).min(3600.0));
+        s.gate = Gate::Throttled;
+        let serial = s.serial;
+        self.stats.flood_throttled += 1;
+        info!(
+            "conn {key}: flood limit from {}: input paused for {wait:?}",
+            s.peer.ip()
+        );
+        self.timers
+            .insert(now + wait, TimerKind::Resume { key, serial });
+        false
     }
 
     /// Appends to a session's output, marking it dirty; a session pushed past
@@ -676,7 +860,34 @@ impl<S> Hub<S> {
         }
     }
 
-    fn on_frame(&mut self, key: usize, frame: Frame<'_>, now: Instant) {
+    /// Handles one frame, or refuses it for now ([`Flow::Pause`]) while the session
+    /// waits for a verification or a flood-control token.
+    fn on_frame(&mut self, key: usize, frame: Frame<'_>, now: Instant) -> Flow {
+        let Some(s) = self.sessions.get(key) else {
+            return Flow::Stop;
+        };
+        if s.is_closing() {
+            return Flow::Stop;
+        }
+        if s.gate != Gate::Open {
+            return Flow::Pause;
+        }
+        // Answers to the server (`PONG`, `ACK`) are never throttled.
+        let counted = match frame {
+            Frame::Line(l) => !(l.starts_with("PONG") || l.starts_with("ACK ")),
+            _ => true,
+        };
+        if counted && !self.take_token(key, now) {
+            return Flow::Pause;
+        }
+        self.handle_frame(key, frame, now);
+        match self.sessions.get(key) {
+            Some(s) if !s.is_closing() => Flow::Continue,
+            _ => Flow::Stop,
+        }
+    }
+
+    fn handle_frame(&mut self, key: usize, frame: Frame<'_>, now: Instant) {
         match frame {
             Frame::Line(line) => match frames::parse_request(line) {
                 Ok(req) => self.on_request(key, req, now),
@@ -786,56 +997,153 @@ impl<S> Hub<S> {
             );
             return self.error(key, ErrorCode::NoSuchUser, user);
         };
-        let block_duration = self.cfg.block_duration;
-        let now_ms = self.wall_ms(now);
-        let acct = &mut self.accounts[id as usize];
-        if acct.locked_until.is_some_and(|t| t > now) {
+        if self.refuse_if_locked(key, id, peer.ip(), now) {
+            return;
+        }
+        let secret = self.accounts[id as usize].password.clone();
+        if accounts::is_hashed(&secret) {
+            // Tens of milliseconds of hashing: off the loop. This session's further
+            // input waits; everyone else is served meanwhile.
+            let s = &mut self.sessions[key];
+            s.gate = Gate::Verifying;
+            s.pending_login = Some((id, peer_port));
+            self.stats.hash_verifications += 1;
+            self.verify_jobs.push(VerifyJob {
+                key,
+                serial: s.serial,
+                password: password.to_owned(),
+                hash: secret,
+            });
+            return;
+        }
+        let ok = accounts::plain_eq(&secret, password);
+        self.finish_login(key, id, ok, peer_port, now);
+    }
+
+    /// The verdict on a hashed password (from the verifier threads, via the loop).
+    pub fn verified(&mut self, key: usize, serial: u64, ok: bool, now: Instant) {
+        let Some(s) = self.session_if(key, serial) else {
+            return;
+        };
+        if s.gate != Gate::Verifying {
+            return;
+        }
+        s.gate = Gate::Open;
+        if let Some((id, peer_port)) = s.pending_login.take() {
+            self.finish_login(key, id, ok, peer_port, now);
+        }
+        self.reap_overflowed(now);
+        self.resume_input(key, now);
+    }
+
+    /// The lock state that applies to `id` logging in from `ip` (created if missing).
+    fn lock_state(&mut self, id: AccountId, ip: IpAddr) -> &mut LockState {
+        match self.cfg.lockout_scope {
+            LockoutScope::Account => &mut self.accounts[id as usize].lock,
+            LockoutScope::AccountIp => self.ip_locks.entry((id, ip)).or_default(),
+        }
+    }
+
+    /// Answers `-LOCKED` and closes if `id` is locked out for `ip`.
+    fn refuse_if_locked(&mut self, key: usize, id: AccountId, ip: IpAddr, now: Instant) -> bool {
+        let locked = match self.cfg.lockout_scope {
+            LockoutScope::Account => self.accounts[id as usize].lock.locked_until,
+            LockoutScope::AccountIp => self.ip_locks.get(&(id, ip)).and_then(|l| l.locked_until),
+        }
+        .is_some_and(|t| t > now);
+        if locked {
             info!(
-                "conn {key}: login refused from {} for locked user {user}",
-                peer.ip()
+                "conn {key}: login refused from {ip} for locked user {}",
+                self.accounts[id as usize].name
             );
             self.error(key, ErrorCode::Locked, "");
-            return self.close(key, CloseReason::LoginFailed, now);
+            self.close(key, CloseReason::LoginFailed, now);
         }
-        if !ct_eq(acct.password.as_bytes(), password.as_bytes()) {
-            acct.failures += 1;
+        locked
+    }
+
+    /// The rest of a login once the password is checked.
+    fn finish_login(
+        &mut self,
+        key: usize,
+        id: AccountId,
+        ok: bool,
+        peer_port: Option<u16>,
+        now: Instant,
+    ) {
+        let ip = self.sessions[key].peer.ip();
+        // A lockout may have started while the hash was being verified.
+        if self.refuse_if_locked(key, id, ip, now) {
+            return;
+        }
+        let block_duration = self.cfg.block_duration;
+        let now_ms = self.wall_ms(now);
+        let scope_ip = (self.cfg.lockout_scope == LockoutScope::AccountIp).then_some(ip);
+        let user = self.accounts[id as usize].name.clone();
+        if !ok {
             self.stats.failed_logins += 1;
-            info!(
-                "conn {key}: login failed from {} for user {user} (wrong password)",
-                peer.ip()
-            );
-            if acct.failures >= 3 {
-                acct.failures = 0;
+            info!("conn {key}: login failed from {ip} for user {user} (wrong password)");
+            let st = self.lock_state(id, ip);
+            st.failures += 1;
+            st.last_failure = Some(now);
+            let failures = st.failures;
+            if failures >= 3 {
+                st.failures = 0;
                 let until = now + block_duration;
-                acct.locked_until = Some(until);
-                log_rec(
-                    &mut self.journal,
-                    Record::Lock {
-                        who: &acct.name,
-                        until: now_ms + block_duration.as_millis() as u64,
+                st.locked_until = Some(until);
+                let until_ms = now_ms + block_duration.as_millis() as u64;
+                let rec = match scope_ip {
+                    None => Record::Lock {
+                        who: &user,
+                        until: until_ms,
                     },
-                );
+                    Some(ip) => Record::LockIp {
+                        who: &user,
+                        ip: &ip.to_string(),
+                        until: until_ms,
+                    },
+                };
+                log_rec(&mut self.journal, rec);
                 self.stats.lockouts += 1;
                 warn!(
-                    "user {user}: locked for {block_duration:?} after 3 failed logins (last from {})",
-                    peer.ip()
+                    "user {user}: locked for {block_duration:?} after 3 failed logins (last from {ip})"
                 );
                 let at = self.coarse(until);
-                self.timers.insert(at, TimerKind::Lockout { account: id });
+                self.timers.insert(
+                    at,
+                    TimerKind::Lockout {
+                        account: id,
+                        ip: scope_ip,
+                    },
+                );
                 // Told only once the lockout is stored: it must survive a restart.
                 self.hold(key);
                 self.error(key, ErrorCode::LockedNow, "");
                 return self.close(key, CloseReason::LoginFailed, now);
             }
-            let left = (3 - acct.failures).to_string();
+            if scope_ip.is_some() {
+                // Per-address failure counts expire, so they cannot pile up forever.
+                let at = self.coarse(now + block_duration);
+                self.timers.insert(
+                    at,
+                    TimerKind::Lockout {
+                        account: id,
+                        ip: scope_ip,
+                    },
+                );
+            }
+            let left = (3 - failures).to_string();
             return self.error(key, ErrorCode::BadPassword, &left);
         }
-        acct.failures = 0;
+        match scope_ip {
+            None => self.accounts[id as usize].lock.failures = 0,
+            Some(ip) => {
+                self.ip_locks.remove(&(id, ip));
+            }
+        }
+        let acct = &mut self.accounts[id as usize];
         if acct.session.is_some() {
-            info!(
-                "conn {key}: login refused from {} for user {user} (already online)",
-                peer.ip()
-            );
+            info!("conn {key}: login refused from {ip} for user {user} (already online)");
             self.error(key, ErrorCode::AlreadyOnline, "");
             return self.close(key, CloseReason::LoginFailed, now);
         }
@@ -851,7 +1159,7 @@ impl<S> Hub<S> {
         acct.online_pos = self.online.len();
         self.online.push(id);
         self.stats.logins += 1;
-        info!("conn {key}: user {user} logged in from {}", peer.ip());
+        info!("conn {key}: user {user} logged in from {ip}");
         let idle_at = self.coarse(now + self.cfg.timeout);
         let serial = self.sessions[key].serial;
         let idle_timer = self.timers.insert(idle_at, TimerKind::Idle { key, serial });
@@ -1269,11 +1577,32 @@ impl<S> Hub<S> {
 
     fn on_timer(&mut self, t: TimerKind, now: Instant) {
         match t {
-            TimerKind::Lockout { account } => {
-                let a = &mut self.accounts[account as usize];
-                if a.locked_until.is_some_and(|u| u <= now) {
-                    a.locked_until = None;
-                    a.failures = 0;
+            TimerKind::Lockout { account, ip } => {
+                let grace = self.cfg.block_duration;
+                let st = match ip {
+                    None => &mut self.accounts[account as usize].lock,
+                    Some(ip) => match self.ip_locks.get_mut(&(account, ip)) {
+                        Some(st) => st,
+                        None => return,
+                    },
+                };
+                if st.locked_until.is_some_and(|u| u <= now) {
+                    st.locked_until = None;
+                    st.failures = 0;
+                }
+                let stale =
+                    st.locked_until.is_none() && st.last_failure.is_none_or(|t| t + grace <= now);
+                if let (Some(ip), true) = (ip, stale) {
+                    self.ip_locks.remove(&(account, ip));
+                }
+            }
+            TimerKind::Resume { key, serial } => {
+                let Some(s) = self.session_if(key, serial) else {
+                    return;
+                };
+                if s.gate == Gate::Throttled {
+                    s.gate = Gate::Open;
+                    self.resume_input(key, now);
                 }
             }
             TimerKind::Login { key, serial } => {
@@ -1329,6 +1658,11 @@ impl<S> Hub<S> {
                 };
                 s.live_timer = None;
                 s.shrink();
+                if s.input_paused() {
+                    // Not reading it on purpose: its silence proves nothing.
+                    s.last_rx = now;
+                    s.ping_sent = None;
+                }
                 if let Some(sent) = s.ping_sent {
                     if s.last_rx <= sent {
                         self.stats.dead_peer_kills += 1;
@@ -1353,6 +1687,109 @@ impl<S> Hub<S> {
                 }
             }
         }
+    }
+
+    /// Swaps in a new credentials list (SIGHUP): new users can log in, changed
+    /// passwords apply to the next login, removed users are logged out (`*BYE removed`)
+    /// and become ghosts, so their stored messages are kept. Returns (added, removed).
+    pub fn reload(&mut self, credentials: Vec<Credential>, now: Instant) -> (usize, usize) {
+        let fresh: HashMap<&str, &str> = credentials
+            .iter()
+            .map(|c| (c.name.as_str(), c.password.as_str()))
+            .collect();
+        let mut removed = Vec::new();
+        for (i, a) in self.accounts.iter_mut().enumerate() {
+            if a.ghost {
+                continue;
+            }
+            match fresh.get(&*a.name) {
+                Some(&pw) if *a.password != *pw => a.password = pw.into(),
+                Some(_) => {}
+                None => {
+                    a.ghost = true;
+                    self.by_name.remove(&*a.name);
+                    removed.push(i as AccountId);
+                }
+            }
+        }
+        let mut added = 0;
+        for c in &credentials {
+            if self.by_name.contains_key(c.name.as_str()) {
+                continue;
+            }
+            let id = match self
+                .accounts
+                .iter()
+                .position(|a| a.ghost && *a.name == *c.name)
+            {
+                Some(i) => {
+                    let a = &mut self.accounts[i];
+                    a.ghost = false;
+                    a.password = c.password.as_str().into();
+                    i as AccountId
+                }
+                None => {
+                    let name: Box<str> = c.name.as_str().into();
+                    self.accounts
+                        .push(Account::new(name, c.password.as_str().into()));
+                    (self.accounts.len() - 1) as AccountId
+                }
+            };
+            self.by_name.insert(c.name.as_str().into(), id);
+            added += 1;
+        }
+        for &id in &removed {
+            if let Some(key) = self.accounts[id as usize].session {
+                info!(
+                    "conn {key}: user {} removed from the credentials, logging out",
+                    self.accounts[id as usize].name
+                );
+                self.emit(key, |out| {
+                    Push::Bye {
+                        reason: ByeReason::Removed.as_str(),
+                    }
+                    .encode(out)
+                });
+                self.close(key, CloseReason::Removed, now);
+            }
+        }
+        self.stats.reloads += 1;
+        (added, removed.len())
+    }
+
+    /// One line for operators: connections, users, traffic, queues and limit hits.
+    pub fn stats_line(&self) -> String {
+        let queued: usize = self.sessions.iter().map(|(_, s)| s.out.len()).sum();
+        let st = &self.stats;
+        format!(
+            "stats: connections={} online={} accepted={} logins={} failed_logins={} lockouts={} \
+             direct={} stored={} broadcast_deliveries={} queued_bytes={} mailbox_full={} \
+             too_long={} slow_reader_kills={} dead_peer_kills={} login_timeouts={} \
+             idle_logouts={} flood_throttled={} per_ip_refused={} rate_refused={} \
+             store_refused={} hash_verifications={} reloads={}",
+            self.sessions.len(),
+            self.online.len(),
+            st.accepted,
+            st.logins,
+            st.failed_logins,
+            st.lockouts,
+            st.direct_delivered,
+            st.stored,
+            st.broadcast_deliveries,
+            queued,
+            st.mailbox_full,
+            st.too_long,
+            st.slow_reader_kills,
+            st.dead_peer_kills,
+            st.login_timeouts,
+            st.idle_logouts,
+            st.flood_throttled,
+            st.per_ip_refused,
+            st.rate_refused,
+            st.store_refused,
+            st.hash_verifications,
+            st.reloads,
+        )
     }
 
     /// Tells every connection the server is going away and closes them all.

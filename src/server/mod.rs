@@ -4,13 +4,15 @@
 //! - [`hub`]: the chat state and rules, fed bytes and time, socket-free;
 //! - [`store`]: the journal that makes mailboxes, blocks, history and lockouts durable;
 //! - [`timer`]: the hashed timer wheel behind every deadline;
-//! - [`accounts`]: loading `credentials.txt`.
+//! - [`accounts`]: loading `credentials.txt`, password hashes;
+//! - [`verifier`]: the threads that check password hashes off the loop.
 
 pub mod accounts;
 pub mod event_loop;
 pub mod hub;
 pub mod store;
 pub mod timer;
+pub mod verifier;
 
 pub use event_loop::{Config, RunError, run};
 pub use hub::{Hub, HubConfig};

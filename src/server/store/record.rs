@@ -62,6 +62,12 @@ pub enum Record<'a> {
         who: &'a str,
         until: u64,
     },
+    /// The account is locked out for logins from `ip` until `until` (scope account+ip).
+    LockIp {
+        who: &'a str,
+        ip: &'a str,
+        until: u64,
+    },
 }
 
 const T_META: u8 = 1;
@@ -72,6 +78,7 @@ const T_UNBLOCK: u8 = 5;
 const T_LOGIN: u8 = 6;
 const T_LOGOUT: u8 = 7;
 const T_LOCK: u8 = 8;
+const T_LOCK_IP: u8 = 9;
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
@@ -112,6 +119,12 @@ impl Record<'_> {
                 });
                 put_str(out, who);
                 put_str(out, whom);
+            }
+            Record::LockIp { who, ip, until } => {
+                out.push(T_LOCK_IP);
+                put_str(out, who);
+                put_str(out, ip);
+                put_u64(out, until);
             }
             Record::Login { who, at }
             | Record::Logout { who, at }
@@ -221,6 +234,11 @@ pub fn parse_payload(payload: &[u8]) -> Option<Record<'_>> {
             who: r.str()?,
             until: r.u64()?,
         },
+        T_LOCK_IP => Record::LockIp {
+            who: r.str()?,
+            ip: r.str()?,
+            until: r.u64()?,
+        },
         _ => return None,
     };
     // Trailing bytes mean a record this version does not understand.
@@ -298,6 +316,11 @@ mod tests {
             Record::Lock {
                 who: "leia",
                 until: 1,
+            },
+            Record::LockIp {
+                who: "leia",
+                ip: "2001:db8::1",
+                until: 7,
             },
         ]
     }

@@ -23,6 +23,8 @@ pub struct UserState {
     /// A login with no logout after it: the server stopped while they were online.
     pub online: bool,
     pub locked_until: Option<u64>,
+    /// Lockouts for logins from one address (scope account+ip): (address, until).
+    pub ip_locks: Vec<(String, u64)>,
 }
 
 /// The state a journal describes.
@@ -100,6 +102,11 @@ impl Recovered {
             }
             Record::Lock { who, until } => {
                 self.user(who).locked_until = Some(until);
+            }
+            Record::LockIp { who, ip, until } => {
+                let locks = &mut self.user(who).ip_locks;
+                locks.retain(|(i, _)| i != ip);
+                locks.push((ip.to_owned(), until));
             }
         }
     }
