@@ -170,7 +170,10 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).expect("connect");
+        Raw::from_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Raw {
         stream.set_nodelay(true).ok();
         Raw {
             stream,

@@ -1,0 +1,335 @@
+//! Hostile input and operations: per-address limits, flood control, lockout scope,
+//! hashed passwords verified off the loop, SIGHUP reloads, graceful SIGTERM, counters.
+
+mod common;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{CREDENTIALS, Raw, Server, wait_until};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn signal(s: &Server, sig: Signal) {
+    kill(Pid::from_raw(s.pid() as i32), sig).expect("signal natterd");
+}
+
+/// Asks for the counters (SIGUSR1) and returns the value of `name` from the newest
+/// stats line in the log.
+fn counter(s: &Server, name: &str) -> u64 {
+    let before = s.log().matches("stats:").count();
+    signal(s, Signal::SIGUSR1);
+    wait_until("a stats line", || {
+        s.log().matches("stats:").count() > before
+    });
+    let log = s.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stats:"))
+        .unwrap_or("");
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// A raw connection from a chosen loopback source address.
+fn connect_from(src: &str, server: SocketAddr) -> Raw {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .expect("socket");
+    let src: SocketAddr = format!("{src}:0").parse().expect("source address");
+    let SocketAddr::V4(src) = src else {
+        panic!("IPv4 only")
+    };
+    let SocketAddr::V4(dst) = server else {
+        panic!("IPv4 only")
+    };
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(src)).expect("bind");
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(dst)).expect("connect");
+    // SAFETY: `fd` is a connected TCP socket we own; ownership moves into the stream.
+    let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    Raw::from_stream(stream)
+}
+
+#[test]
+fn connections_per_address_are_capped_and_others_keep_being_served() {
+    let s = Server::start(&[
+        "0",
+        "--limit-loopback",
+        "--max-per-ip",
+        "2",
+        "--max-new-per-ip",
+        "0",
+    ]);
+    let mut a = s.login("hans", "falcon*solo");
+    let _b = s.raw();
+    let mut refused = s.raw();
+    assert_eq!(refused.expect_closed(), ["*BYE too-many-connections"]);
+    // Another address is not affected, and the first connection still works.
+    let mut other = connect_from("127.0.0.2", s.addr);
+    other.send("HELLO 1");
+    other.expect_prefix("+HELLO 1 ");
+    a.expect_nothing_pending();
+    assert_eq!(counter(&s, "per_ip_refused"), 1);
+    // A slot frees up when a connection closes.
+    drop(_b);
+    wait_until("the closed connection to be swept", || {
+        let mut c = s.raw();
+        c.send("HELLO 1");
+        matches!(c.next_line_within(common::WAIT), Ok(Some(l)) if l.starts_with("+HELLO"))
+    });
+}
+
+#[test]
+fn new_connections_per_address_per_minute_are_capped() {
+    let s = Server::start(&[
+        "0",
+        "--limit-loopback",
+        "--max-per-ip",
+        "0",
+        "--max-new-per-ip",
+        "3",
+    ]);
+    let _kept: Vec<Raw> = (0..3).map(|_| s.raw()).collect();
+    let mut refused = s.raw();
+    assert_eq!(refused.expect_closed(), ["*BYE connecting-too-fast"]);
+    let mut other = connect_from("127.0.0.3", s.addr);
+    other.send("HELLO 1");
+    other.expect_prefix("+HELLO 1 ");
+    assert_eq!(counter(&s, "rate_refused"), 1);
+}
+
+#[test]
+fn a_flood_is_throttled_not_dropped_and_does_not_delay_others() {
+    let s = Server::start(&[
+        "0",
+        "--limit-loopback",
+        "--flood-burst",
+        "5",
+        "--flood-rate",
+        "40",
+    ]);
+    let mut flooder = s.login("hans", "falcon*solo");
+    let mut calm = s.login("yoda", "wise@!man");
+    flooder.expect("*LOGIN yoda");
+    // 85 commands at once: 5 go through, the other 80 trickle at 40/s (about 2 s).
+    let mut burst = String::new();
+    for i in 0..85 {
+        burst.push_str(&format!("PING f{i}\n"));
+    }
+    flooder.send_bytes(burst.as_bytes());
+    flooder.expect("+PONG f0");
+    wait_until("the flooder to be throttled", || {
+        counter(&s, "flood_throttled") > 0
+    });
+    // Meanwhile another user is served at once, not after the flood.
+    let t = Instant::now();
+    assert_eq!(calm.request("MSG hans still there?"), "+SENT hans");
+    let waited = t.elapsed();
+    assert!(
+        waited < Duration::from_millis(250),
+        "calm client waited {waited:?}"
+    );
+    // Every flooded command is answered, in order: throttled, never dropped.
+    let mut pongs = 1;
+    let mut got_msg = false;
+    while pongs < 85 {
+        let line = flooder.next_frame();
+        if line.starts_with("*MSG ") {
+            got_msg = true;
+            continue;
+        }
+        assert_eq!(line, format!("+PONG f{pongs}"));
+        pongs += 1;
+    }
+    let rest = if got_msg {
+        String::new()
+    } else {
+        flooder.next_frame()
+    };
+    assert!(
+        got_msg || rest.starts_with("*MSG "),
+        "the message was lost: {rest:?}"
+    );
+}
+
+#[test]
+fn lockout_scope_account_ip_only_locks_the_attacking_address() {
+    let s = Server::start(&["0", "60", "--lockout-scope", "account+ip"]);
+    for attempt in 0..3 {
+        let mut c = connect_from("127.0.0.2", s.addr);
+        c.send("HELLO 1");
+        c.expect_prefix("+HELLO");
+        c.send("LOGIN vader wrong");
+        let reply = c.next_frame();
+        if attempt < 2 {
+            assert!(reply.starts_with("-BAD_PASSWORD"), "{reply}");
+        } else {
+            assert_eq!(reply, "-LOCKED_NOW");
+        }
+    }
+    // The attacker's address stays locked, even with the right password...
+    let mut c = connect_from("127.0.0.2", s.addr);
+    c.send("HELLO 1");
+    c.expect_prefix("+HELLO");
+    c.send("LOGIN vader sithlord**");
+    c.expect("-LOCKED");
+    // ...while the real user, elsewhere, logs in.
+    let mut real = s.raw();
+    real.send("HELLO 1");
+    real.expect_prefix("+HELLO");
+    real.send("LOGIN vader sithlord**");
+    real.expect("+WELCOME");
+}
+
+fn with_hashes() -> (String, String) {
+    // A deliberately slow bcrypt hash for hans (about a second of verification) and a
+    // default argon2id hash for yoda, next to plain passwords for everyone else.
+    let slow = bcrypt::hash("falcon*solo", 13).expect("bcrypt");
+    let argon = natter::server::accounts::hash_password("wise@!man").expect("argon2");
+    let creds = CREDENTIALS
+        .replace("hans falcon*solo", &format!("hans {slow}"))
+        .replace("yoda wise@!man", &format!("yoda {argon}"));
+    (creds, argon)
+}
+
+#[test]
+fn hashed_and_plain_passwords_and_others_served_while_verifying() {
+    let (creds, _) = with_hashes();
+    let s = Server::start_with(&creds, &["0"]);
+    let mut luke = s.login("luke", "jedi*knight");
+    // Argon2: right and wrong.
+    let mut yoda = s.raw();
+    yoda.send("HELLO 1");
+    yoda.expect_prefix("+HELLO");
+    yoda.send("LOGIN yoda wrong");
+    yoda.expect("-BAD_PASSWORD 2");
+    yoda.send("LOGIN yoda wise@!man");
+    yoda.expect("+WELCOME");
+    luke.expect("*LOGIN yoda");
+    // The slow bcrypt login, with a request pipelined behind it: the request waits for
+    // the verdict, and meanwhile everyone else is served.
+    let mut hans = s.raw();
+    hans.send("HELLO 1");
+    hans.expect_prefix("+HELLO");
+    hans.send_bytes(b"LOGIN hans falcon*solo\nWHOELSE\n");
+    // The loop has taken the job (a loop busy hashing could not answer SIGUSR1 until
+    // it was done, and hans would be welcomed by then)...
+    wait_until("hans's verification to start", || {
+        counter(&s, "hash_verifications") >= 3
+    });
+    // ...and keeps serving others while hans waits for the verdict.
+    assert_eq!(luke.request("PING during"), "+PONG during");
+    assert_eq!(yoda.request("MSG luke hi"), "+SENT luke");
+    luke.expect_msg("yoda", "hi");
+    assert!(
+        matches!(hans.next_line_within(Duration::from_millis(5)), Err(_)),
+        "hans was answered before the others: the verification ran on the loop"
+    );
+    hans.expect("+WELCOME");
+    hans.expect("+USERS luke yoda");
+    // The login that was verifying finished after the others were served.
+    luke.expect("*LOGIN hans");
+    assert!(counter(&s, "hash_verifications") >= 3);
+}
+
+#[test]
+fn hash_password_prints_a_hash_that_logs_in() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_natterd"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"princess$1\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+    let creds = CREDENTIALS.replace("leia princess$1", &format!("leia {hash}"));
+    let s = Server::start_with(&creds, &["0"]);
+    s.login("leia", "princess$1");
+}
+
+#[test]
+fn sighup_reloads_adds_removes_and_keeps_the_old_file_when_broken() {
+    let s = Server::start(&["0"]);
+    let mut hans = s.login("hans", "falcon*solo");
+    let mut leia = s.login("leia", "princess$1");
+    hans.expect("*LOGIN leia");
+    assert_eq!(hans.request("MSG leia kept"), "+SENT leia");
+    // A broken file: reported, nothing changes.
+    let path = s.dir.join("credentials.txt");
+    std::fs::write(&path, "hans falcon*solo\nbroken line here\n").expect("write");
+    signal(&s, Signal::SIGHUP);
+    wait_until("the reload error", || s.log().contains("reload failed"));
+    assert!(s.log().contains("credentials.txt:2:"), "{}", s.log());
+    let _vader = s.login("vader", "sithlord**");
+    hans.expect("*LOGIN vader");
+    // A good file: leia removed, ben added, hans's password changed.
+    let good = CREDENTIALS
+        .replace("leia princess$1\n", "ben kenobi\n")
+        .replace("hans falcon*solo", "hans millennium");
+    std::fs::write(&path, good).expect("write");
+    signal(&s, Signal::SIGHUP);
+    let lines = leia.expect_closed();
+    assert!(
+        lines.iter().any(|l| l == "*BYE removed"),
+        "leia was not told: {lines:?}"
+    );
+    hans.expect("*LOGOUT leia");
+    assert_eq!(hans.request("MSG leia gone?"), "-NO_SUCH_USER leia");
+    s.login("ben", "kenobi");
+    let mut again = s.raw();
+    again.send("HELLO 1");
+    again.expect_prefix("+HELLO");
+    // The old password no longer works; the new one does (hans is online already).
+    again.send("LOGIN hans falcon*solo");
+    again.expect_prefix("-BAD_PASSWORD");
+    again.send("LOGIN hans millennium");
+    again.expect("-ALREADY_ONLINE");
+    assert_eq!(counter(&s, "reloads"), 1);
+}
+
+#[test]
+fn sigterm_tells_everyone_saves_state_and_exits_zero() {
+    let mut s = Server::start(&["0"]);
+    let mut hans = s.login("hans", "falcon*solo");
+    let mut luke = s.login("luke", "jedi*knight");
+    hans.expect("*LOGIN luke");
+    assert_eq!(
+        hans.request("MSG leia see you after the restart"),
+        "+STORED leia"
+    );
+    signal(&s, Signal::SIGTERM);
+    for c in [&mut hans, &mut luke] {
+        let lines = c.expect_closed();
+        assert!(
+            lines.iter().any(|l| l == "*BYE shutdown"),
+            "not told: {lines:?}"
+        );
+    }
+    let status = s.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    s.restart();
+    let mut leia = s.login("leia", "princess$1");
+    leia.expect_msg("hans", "see you after the restart");
+    // The history saw both users leave at the shutdown.
+    assert_eq!(leia.request("WHOELSESINCE 1h"), "+USERS hans luke");
+}
