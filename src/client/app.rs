@@ -33,6 +33,7 @@ use crate::net::{Step, read_step, write_until_blocked};
 use crate::protocol::frames::{
     self, ErrorCode, PROTOCOL_VERSION, Push, Reply, Request, ServerFrame,
 };
+use crate::protocol::peer::{PeerFrame, parse_peer_line};
 use crate::protocol::{Flow, Frame, LineDecoder, OutBuf};
 
 const STDIN: Token = Token(0);
@@ -598,7 +599,7 @@ impl App {
             Command::Private { to, text } => {
                 match self.sessions.get(to).copied() {
                     Some(key) => {
-                        let line = format!("PMSG {text}");
+                        let line = PeerFrame::Msg { text }.to_line();
                         self.peer_send(key, &line);
                     }
                     None if self.gone.contains(to) => self.line(&r::no_longer_online(to)),
@@ -609,7 +610,7 @@ impl App {
             Command::StopPrivate { user } => {
                 match self.sessions.remove(user) {
                     Some(key) => {
-                        self.peer_send(key, "PSTOP");
+                        self.peer_send(key, &PeerFrame::Stop.to_line());
                         if let Some(p) = self.peers.get_mut(key) {
                             let _ = p.link.flush();
                         }
@@ -901,7 +902,11 @@ impl App {
             // and a known peer address.
             match (p.link.stream.take_error(), p.link.stream.peer_addr()) {
                 (Ok(None), Ok(_)) => {
-                    let hello = format!("PEERHELLO {} {token}", self.me);
+                    let hello = PeerFrame::Hello {
+                        user: &self.me,
+                        token: &token,
+                    }
+                    .to_line();
                     p.state = PeerState::AwaitOk {
                         user: user.clone(),
                         deadline: now + PEER_CONNECT_TIMEOUT,
@@ -931,27 +936,28 @@ impl App {
         let Some(p) = self.peers.get_mut(key) else {
             return;
         };
-        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let frame = parse_peer_line(line);
         match &p.state {
             PeerState::AwaitHello { .. } => {
-                let (name, token) = rest.split_once(' ').unwrap_or((rest, ""));
-                let valid = verb == "PEERHELLO"
-                    && self
-                        .expected
-                        .get(token)
-                        .is_some_and(|(user, exp)| user == name && *exp > Instant::now());
+                let Some(PeerFrame::Hello { user: name, token }) = frame else {
+                    return self.drop_peer(key);
+                };
+                let valid = self
+                    .expected
+                    .get(token)
+                    .is_some_and(|(user, exp)| user == name && *exp > Instant::now());
                 if !valid {
                     return self.drop_peer(key);
                 }
                 self.expected.remove(token);
                 let name = name.to_string();
                 p.state = PeerState::Established { user: name.clone() };
-                let ok = format!("PEEROK {}", self.me);
+                let ok = PeerFrame::Ok { user: &self.me }.to_line();
                 p.link.send_raw(&ok);
                 self.open_session(name, key);
             }
             PeerState::AwaitOk { user, .. } => {
-                if verb == "PEEROK" && rest == user {
+                if frame == Some(PeerFrame::Ok { user }) {
                     let user = user.clone();
                     p.state = PeerState::Established { user: user.clone() };
                     self.connecting = None;
@@ -961,12 +967,12 @@ impl App {
                     self.peer_lost(key);
                 }
             }
-            PeerState::Established { user } => match verb {
-                "PMSG" => {
-                    let text = r::private_line(user, rest);
+            PeerState::Established { user } => match frame {
+                Some(PeerFrame::Msg { text }) => {
+                    let text = r::private_line(user, text);
                     self.line(&text);
                 }
-                "PSTOP" => {
+                Some(PeerFrame::Stop) => {
                     let user = user.clone();
                     self.line(&r::peer_stopped(&user));
                     self.drop_peer(key);
