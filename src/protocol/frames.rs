@@ -561,7 +561,8 @@ pub fn parse_server_frame(line: &str) -> Result<ServerFrame<'_>, BadFrame> {
     let Some(kind) = head.chars().next() else {
         return Err(BadFrame);
     };
-    let verb = &head[1..];
+    // `kind` may be any character a (hostile) server sends, not only `+`/`*`/`-`.
+    let verb = &head[kind.len_utf8()..];
     match kind {
         '+' => Ok(ServerFrame::Reply(match verb {
             "HELLO" => {
@@ -818,6 +819,9 @@ mod tests {
             "*MSG",
             "+PEER bob 1.2.3.4",
             "+PEER bob nope 1 t",
+            // Regression (found by fuzzing): a multi-byte first character panicked.
+            "\u{577}Dcd",
+            "é",
             "*PING",
         ] {
             assert_eq!(parse_server_frame(bad), Err(BadFrame), "{bad:?}");

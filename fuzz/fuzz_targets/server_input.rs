@@ -1,0 +1,59 @@
+//! Arbitrary bytes from two clients through the server's real state machine: the line
+//! decoder, the request parser and every handler in the hub (no sockets). Byte 0 of
+//! each chunk picks the connection; the time advances with every chunk so timers fire.
+#![no_main]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use natter::server::accounts::Credential;
+use natter::server::{Hub, HubConfig};
+
+fuzz_target!(|data: &[u8]| {
+    let creds = ["hans", "yoda", "luke"]
+        .iter()
+        .map(|n| Credential {
+            name: (*n).into(),
+            password: "pw".into(),
+        })
+        .collect();
+    let start = Instant::now();
+    let cfg = HubConfig {
+        max_line: 64,
+        max_queued: 4096,
+        ack_window: 4,
+        mailbox_max_messages: 8,
+        flood_burst: 16,
+        limit_loopback: true,
+        ..HubConfig::default()
+    };
+    let mut hub: Hub<()> = Hub::new(creds, cfg, start);
+    hub.enable_journal();
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let keys = [hub.accept((), addr, start), hub.accept((), addr, start)];
+    let mut now = start;
+    for chunk in data.chunks(17) {
+        let (sel, bytes) = chunk.split_first().unwrap();
+        now += Duration::from_millis(u64::from(*sel) * 40);
+        hub.feed(keys[usize::from(sel & 1)], bytes, now);
+        hub.expire(now);
+        let _ = hub.take_batch();
+        hub.set_durable(u64::MAX);
+        for job in hub.take_verify_jobs() {
+            hub.verified(job.key, job.serial, false, now);
+        }
+        let dirty = hub.take_dirty();
+        for &k in &dirty {
+            if let Some(s) = hub.sessions.get_mut(k) {
+                let n = s.out.len();
+                s.out.consume(n);
+            }
+        }
+        hub.flushed(dirty);
+        let _ = hub.take_resumed();
+        for k in hub.take_closing() {
+            hub.sessions.try_remove(k);
+        }
+    }
+});
