@@ -333,3 +333,38 @@ fn sigterm_tells_everyone_saves_state_and_exits_zero() {
     // The history saw both users leave at the shutdown.
     assert_eq!(leia.request("WHOELSESINCE 1h"), "+USERS hans luke");
 }
+
+#[test]
+fn line_output_and_login_limits_move_their_counters() {
+    let s = Server::start(&["0", "--max-queued", "64K", "--login-timeout", "1"]);
+    let mut hans = s.login("hans", "falcon*solo");
+    hans.send(&"x".repeat(9000));
+    hans.expect("-TOO_LONG 8192");
+    // A reader that never reads is cut off once 64 KiB wait for it (after the kernel's
+    // socket buffers, several MiB on loopback, are full).
+    let _stuck = s.login("yoda", "wise@!man");
+    hans.expect("*LOGIN yoda");
+    let text = "y".repeat(4000);
+    let mut sent = 0;
+    while counter(&s, "slow_reader_kills") == 0 {
+        for _ in 0..200 {
+            hans.send(&format!("BCAST {text}"));
+        }
+        sent += 200;
+        assert!(sent < 20_000, "the slow reader was never cut off");
+    }
+    // An unauthenticated connection is dropped at its deadline.
+    let mut idle = s.raw();
+    assert_eq!(idle.expect_closed(), ["*BYE login-timeout"]);
+    assert_eq!(counter(&s, "too_long"), 1);
+    assert_eq!(counter(&s, "login_timeouts"), 1);
+    // And everyone else is still served.
+    hans.send("PING still");
+    loop {
+        let l = hans.next_frame();
+        if l == "+PONG still" {
+            break;
+        }
+        assert!(l.starts_with("+BCAST") || l == "*LOGOUT yoda", "{l}");
+    }
+}

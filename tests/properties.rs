@@ -30,7 +30,9 @@ fn line_of(encode: impl FnOnce(&mut Vec<u8>)) -> String {
     let mut out = Vec::new();
     encode(&mut out);
     let s = String::from_utf8(out).expect("UTF-8");
-    s.strip_suffix('\n').expect("newline-terminated").to_string()
+    s.strip_suffix('\n')
+        .expect("newline-terminated")
+        .to_string()
 }
 
 fn check_request(r: Request<'_>) -> Result<(), TestCaseError> {
