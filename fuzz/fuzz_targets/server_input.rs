@@ -43,14 +43,7 @@ fuzz_target!(|data: &[u8]| {
         for job in hub.take_verify_jobs() {
             hub.verified(job.key, job.serial, false, now);
         }
-        let dirty = hub.take_dirty();
-        for &k in &dirty {
-            if let Some(s) = hub.sessions.get_mut(k) {
-                let n = s.out.len();
-                s.out.consume(n);
-            }
-        }
-        hub.flushed(dirty);
+        hub.discard_output();
         let _ = hub.take_resumed();
         for k in hub.take_closing() {
             hub.sessions.try_remove(k);
