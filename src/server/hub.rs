@@ -1085,7 +1085,12 @@ impl<S> Hub<S> {
         now: Instant,
     ) {
         let ip = self.sessions[key].peer.ip();
-        // A lockout may have started while the hash was being verified.
+        // While a hash was being verified, a reload may have removed the account...
+        if self.accounts[id as usize].ghost {
+            let name = self.accounts[id as usize].name.clone();
+            return self.error(key, ErrorCode::NoSuchUser, &name);
+        }
+        // ...or a lockout may have started.
         if self.refuse_if_locked(key, id, ip, now) {
             return;
         }
