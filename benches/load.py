@@ -14,7 +14,8 @@ row per case with the median of each reported number. Cases (default: all but ch
   direct-memory    same, --in-memory
   offline-*        the same four, every message stored for an offline user
   light            N=100 W=1 (latency at light load)
-  broadcast        N=1000, 4 senders, W=8
+  broadcast        N=1000, 8 senders, W=32
+  broadcast-light  N=1000, 4 senders, W=8
   login-storm      N=10000
   idle             N=19000 idle clients for 10 s
   churn            50 clients connecting, messaging and leaving for 5 minutes
@@ -42,7 +43,8 @@ def cases(duration):
         out["direct" + suffix] = (flags, ["direct", "-n", "1000", "-w", "32", *d])
         out["offline" + (suffix or "-always")] = (flags, ["direct", "--offline", "-n", "1000", "-w", "32", *d])
     out["light"] = ([], ["direct", "-n", "100", "-w", "1", *d])
-    out["broadcast"] = ([], ["broadcast", "-n", "1000", "-k", "4", "-w", "8", *d])
+    out["broadcast"] = ([], ["broadcast", "-n", "1000", "-k", "8", "-w", "32", *d])
+    out["broadcast-light"] = ([], ["broadcast", "-n", "1000", "-k", "4", "-w", "8", *d])
     out["login-storm"] = ([], ["login-storm", "-n", "10000", "--setup-timeout", "120s"])
     out["idle"] = ([], ["idle", "-n", "19000", "-d", "10", "--setup-timeout", "180s"])
     out["churn"] = ([], ["churn", "-n", "50", "-d", "300"])
