@@ -13,7 +13,8 @@ row per case with the median of each reported number. Cases (default: all but ch
   direct-no        same, --fsync no
   direct-memory    same, --in-memory
   offline-*        the same four, every message stored for an offline user
-  light            N=100 W=1 (latency at light load)
+  light            N=100 W=1, each client paced at 10 msg/s (latency at light load)
+  closed-w1        N=100 W=1, each client sending as fast as replies return
   broadcast        N=1000, 8 senders, W=32
   broadcast-light  N=1000, 4 senders, W=8
   login-storm      N=10000
@@ -42,7 +43,8 @@ def cases(duration):
     for suffix, flags in FSYNC.items():
         out["direct" + suffix] = (flags, ["direct", "-n", "1000", "-w", "32", *d])
         out["offline" + (suffix or "-always")] = (flags, ["direct", "--offline", "-n", "1000", "-w", "32", *d])
-    out["light"] = ([], ["direct", "-n", "100", "-w", "1", *d])
+    out["light"] = ([], ["direct", "-n", "100", "-w", "1", "--rate", "10", *d])
+    out["closed-w1"] = ([], ["direct", "-n", "100", "-w", "1", *d])
     out["broadcast"] = ([], ["broadcast", "-n", "1000", "-k", "8", "-w", "32", *d])
     out["broadcast-light"] = ([], ["broadcast", "-n", "1000", "-k", "4", "-w", "8", *d])
     out["login-storm"] = ([], ["login-storm", "-n", "10000", "--setup-timeout", "120s"])

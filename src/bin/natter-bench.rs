@@ -80,6 +80,11 @@ struct Common {
     /// stored (measures the offline store path; "deliveries" then counts stored messages).
     #[arg(long)]
     offline: bool,
+    /// Open loop: messages per second per sending client, spread evenly (the window
+    /// still caps what is in flight). Without it each client sends as fast as replies
+    /// come back.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Skip the loss and duplicate check (saves memory on very long runs).
     #[arg(long)]
     no_check: bool,
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         setup_timeout: c.setup_timeout,
         check: !c.no_check,
         offline: c.offline && mode == Mode::Direct,
+        rate: c.rate.filter(|r| *r > 0.0),
     };
     match loadgen::run(&opts) {
         Ok(report) => {

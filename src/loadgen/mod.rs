@@ -76,6 +76,9 @@ pub struct Plan {
     pub check: bool,
     /// Direct: send to users `clients..2*clients`, who never log in (stored messages).
     pub offline: bool,
+    /// Open loop: messages per second per client (the window still caps what is in
+    /// flight); `None` sends as fast as replies come back (closed loop).
+    pub rate: Option<f64>,
 }
 
 impl Plan {
@@ -138,6 +141,7 @@ pub struct Options {
     pub setup_timeout: Duration,
     pub check: bool,
     pub offline: bool,
+    pub rate: Option<f64>,
 }
 
 /// What the server's `/proc` files say at one moment.
@@ -369,6 +373,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         msg_size: opts.msg_size,
         check: opts.check && !opts.offline,
         offline: opts.offline,
+        rate: opts.rate,
     });
     let progress = Progress {
         on: io::stderr().is_terminal(),
@@ -559,6 +564,9 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             report.int("msg_bytes", opts.msg_size as u64);
             if opts.offline {
                 report.text("recipients", "offline (stored)");
+            }
+            if let Some(r) = opts.rate {
+                report.float("rate_per_client", r);
             }
             report.float("measured_s", secs);
             report.int("deliveries", deliveries);

@@ -81,6 +81,10 @@ struct Worker {
     inflight_delta: i64,
     accepted: u64,
     bcast_expected: u64,
+    /// Open-loop pacing (`--rate`): send credits, refilled at rate x clients.
+    pace_tokens: f64,
+    pace_at: std::time::Instant,
+    pace_cursor: usize,
     /// Clients not connected yet: `next_idx..hi`.
     next_idx: usize,
     hi: usize,
@@ -117,6 +121,9 @@ pub fn run(
         inflight_delta: 0,
         accepted: 0,
         bcast_expected: 0,
+        pace_tokens: 0.0,
+        pace_at: std::time::Instant::now(),
+        pace_cursor: 0,
         next_idx: lo,
         hi,
         connecting: 0,
@@ -148,6 +155,9 @@ impl Worker {
     fn connect(&mut self, idx: usize) -> io::Result<()> {
         let addr: SocketAddr = self.plan.addr;
         let mut stream = TcpStream::connect(addr)?;
+        // Like any chat client: Nagle plus delayed ACKs would add 40 ms to a message
+        // written while an earlier line is unacknowledged.
+        stream.set_nodelay(true)?;
         let key = self.conns.vacant_key();
         self.poll.registry().register(
             &mut stream,
@@ -185,7 +195,9 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut phase = Phase::Setup;
         loop {
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(20))) {
+            // Paced runs wake every millisecond to spread their sends evenly.
+            let tick = if self.plan.rate.is_some() && self.sending { 1 } else { 20 };
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(tick))) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -232,6 +244,7 @@ impl Worker {
                     self.touch(k);
                 }
             }
+            self.pace();
             for key in std::mem::take(&mut self.touched) {
                 if let Some(c) = self.conns.get_mut(key) {
                     c.touched = false;
@@ -451,7 +464,34 @@ impl Worker {
         }
     }
 
-    /// Tops the client's window up with new messages while sending is on.
+    /// With `--rate`: adds the credits earned since the last call and offers them to
+    /// the clients in turn (each still bounded by its window).
+    fn pace(&mut self) {
+        let Some(rate) = self.plan.rate else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let n = self.conns.len().max(1) as f64;
+        let earned = now.duration_since(self.pace_at).as_secs_f64() * rate * n;
+        self.pace_at = now;
+        if !self.sending {
+            self.pace_tokens = 0.0;
+            return;
+        }
+        self.pace_tokens = (self.pace_tokens + earned).min(n);
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for i in 0..keys.len() {
+            if self.pace_tokens < 1.0 {
+                break;
+            }
+            let key = keys[(self.pace_cursor + i) % keys.len()];
+            self.touch(key);
+        }
+        self.pace_cursor = self.pace_cursor.wrapping_add(1);
+    }
+
+    /// Tops the client's window up with new messages while sending is on (and, when
+    /// paced, while send credits last).
     fn refill(&mut self, key: usize) {
         if !self.sending {
             return;
@@ -475,6 +515,12 @@ impl Worker {
             }
             if plan.mode == Mode::Churn && c.seq > 0 {
                 return;
+            }
+            if plan.rate.is_some() {
+                if self.pace_tokens < 1.0 {
+                    return;
+                }
+                self.pace_tokens -= 1.0;
             }
             let (idx, seq) = (c.idx, c.seq);
             let to = if plan.offline {
