@@ -14,6 +14,8 @@ row per case with the median of each reported number. Cases (default: all but ch
   direct-memory    same, --in-memory
   offline-*        the same four, every message stored for an offline user
   light            N=100 W=1, each client paced at 10 msg/s (latency at light load)
+  light-everysec   the same with --fsync everysec
+  light-memory     the same with --in-memory
   closed-w1        N=100 W=1, each client sending as fast as replies return
   broadcast        N=1000, 8 senders, W=32
   broadcast-light  N=1000, 4 senders, W=8
@@ -44,6 +46,8 @@ def cases(duration):
         out["direct" + suffix] = (flags, ["direct", "-n", "1000", "-w", "32", *d])
         out["offline" + (suffix or "-always")] = (flags, ["direct", "--offline", "-n", "1000", "-w", "32", *d])
     out["light"] = ([], ["direct", "-n", "100", "-w", "1", "--rate", "10", *d])
+    out["light-everysec"] = (["--fsync", "everysec"], ["direct", "-n", "100", "-w", "1", "--rate", "10", *d])
+    out["light-memory"] = (["--in-memory"], ["direct", "-n", "100", "-w", "1", "--rate", "10", *d])
     out["closed-w1"] = ([], ["direct", "-n", "100", "-w", "1", *d])
     out["broadcast"] = ([], ["broadcast", "-n", "1000", "-k", "8", "-w", "32", *d])
     out["broadcast-light"] = ([], ["broadcast", "-n", "1000", "-k", "4", "-w", "8", *d])
