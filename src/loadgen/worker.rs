@@ -196,8 +196,15 @@ impl Worker {
         let mut phase = Phase::Setup;
         loop {
             // Paced runs wake every millisecond to spread their sends evenly.
-            let tick = if self.plan.rate.is_some() && self.sending { 1 } else { 20 };
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(tick))) {
+            let tick = if self.plan.rate.is_some() && self.sending {
+                1
+            } else {
+                20
+            };
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(tick)))
+            {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
