@@ -904,7 +904,7 @@ impl App {
                 (Ok(None), Ok(_)) => {
                     let hello = PeerFrame::Hello {
                         user: &self.me,
-                        token: &token,
+                        token,
                     }
                     .to_line();
                     p.state = PeerState::AwaitOk {
