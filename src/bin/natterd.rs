@@ -83,7 +83,7 @@ struct Args {
     #[arg(long, default_value = "always")]
     fsync: FsyncPolicy,
     /// The journal is rewritten from the live data once it doubles, but not below this size.
-    #[arg(long, default_value = "4M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
     compact_min: usize,
     /// What three wrong passwords lock: `account` (the username, from anywhere) or
     /// `account+ip` (the username from that address only).

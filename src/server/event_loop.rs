@@ -112,7 +112,7 @@ impl Default for StoreConfig {
         StoreConfig {
             dir: None,
             fsync: FsyncPolicy::Always,
-            compact_min: 4 << 20,
+            compact_min: 64 << 20,
         }
     }
 }
