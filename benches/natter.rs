@@ -6,31 +6,100 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use natter::protocol::frames::{self, Push, Reply, Request};
+use natter::protocol::frames::{self, ServerFrame};
 use natter::protocol::{Flow, LineDecoder};
 use natter::server::accounts::Credential;
 use natter::server::store::{Record, record, recover};
 use natter::server::timer::TimerWheel;
 use natter::server::{Hub, HubConfig};
 
-/// Encodes one frame into a buffer.
-type Encoder = Box<dyn Fn(&mut Vec<u8>)>;
+/// One line of every request type.
+const REQUESTS: [(&str, &str); 14] = [
+    ("hello", "HELLO 1"),
+    ("login", "LOGIN hans falcon*solo 40000"),
+    (
+        "msg",
+        "MSG yoda hello there, this is a sixty-four byte chat message.....",
+    ),
+    ("bcast", "BCAST hello everyone, this is a broadcast"),
+    ("whoelse", "WHOELSE"),
+    ("whoelsesince", "WHOELSESINCE 1h 30m"),
+    ("block", "BLOCK vader"),
+    ("unblock", "UNBLOCK vader"),
+    ("private", "PRIVATE yoda"),
+    ("active", "ACTIVE"),
+    ("ping", "PING marker"),
+    ("logout", "LOGOUT"),
+    ("pong", "PONG 42"),
+    ("ack", "ACK 123456789"),
+];
+
+/// One line of every reply and push type.
+const SERVER_FRAMES: [(&str, &str); 21] = [
+    ("hello", "+HELLO 1 natterd/0.1.0"),
+    ("welcome", "+WELCOME"),
+    ("sent", "+SENT yoda"),
+    ("stored", "+STORED yoda"),
+    ("bcast", "+BCAST 998 1"),
+    ("users", "+USERS hans leia luke yoda"),
+    ("blocked", "+BLOCKED vader"),
+    ("unblocked", "+UNBLOCKED vader"),
+    (
+        "peer",
+        "+PEER yoda 10.0.0.7 40001 0123456789abcdef0123456789abcdef",
+    ),
+    ("ok", "+OK"),
+    ("pong", "+PONG marker"),
+    ("bye", "+BYE"),
+    ("error", "-BLOCKED_BY yoda"),
+    (
+        "push_msg",
+        "*MSG 123456 hans hello there, this is a sixty-four byte chat message",
+    ),
+    ("push_bcast", "*BCAST hans hello everyone"),
+    ("push_login", "*LOGIN leia luke yoda"),
+    ("push_logout", "*LOGOUT leia"),
+    ("push_ping", "*PING 7"),
+    (
+        "push_expect",
+        "*EXPECT hans 0123456789abcdef0123456789abcdef",
+    ),
+    ("push_timeout", "*TIMEOUT"),
+    ("push_bye", "*BYE shutdown"),
+];
 
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("codec");
-    let requests = [
-        (
-            "msg",
-            "MSG yoda hello there, this is a sixty-four byte chat message.....",
-        ),
-        ("bcast", "BCAST hello everyone, this is a broadcast"),
-        ("login", "LOGIN hans falcon*solo 40000"),
-        ("whoelsesince", "WHOELSESINCE 1h 30m"),
-        ("ack", "ACK 123456789"),
-    ];
-    for (name, line) in requests {
+    g.throughput(Throughput::Elements(1));
+    for (name, line) in REQUESTS {
         g.bench_with_input(BenchmarkId::new("parse_request", name), line, |b, l| {
             b.iter(|| frames::parse_request(black_box(l)).is_ok())
+        });
+        let req = frames::parse_request(line).expect("a valid request");
+        g.bench_with_input(BenchmarkId::new("encode_request", name), &req, |b, r| {
+            let mut out = Vec::with_capacity(256);
+            b.iter(|| {
+                out.clear();
+                black_box(r).encode(&mut out);
+                out.len()
+            })
+        });
+    }
+    for (name, line) in SERVER_FRAMES {
+        g.bench_with_input(BenchmarkId::new("parse_server", name), line, |b, l| {
+            b.iter(|| frames::parse_server_frame(black_box(l)).is_ok())
+        });
+        let frame = frames::parse_server_frame(line).expect("a valid server frame");
+        g.bench_with_input(BenchmarkId::new("encode_server", name), &frame, |b, f| {
+            let mut out = Vec::with_capacity(256);
+            b.iter(|| {
+                out.clear();
+                match black_box(f) {
+                    ServerFrame::Reply(r) => r.encode(&mut out),
+                    ServerFrame::Push(p) => p.encode(&mut out),
+                }
+                out.len()
+            })
         });
     }
     let mut stream = Vec::new();
@@ -54,7 +123,7 @@ fn codec(c: &mut Criterion) {
     });
     g.throughput(Throughput::Elements(1));
     let text = "x".repeat(64);
-    g.bench_function("encode_push_msg", |b| {
+    g.bench_function("encode_push_msg_fast_path", |b| {
         let mut out = Vec::with_capacity(256);
         b.iter(|| {
             out.clear();
@@ -62,46 +131,6 @@ fn codec(c: &mut Criterion) {
             out.len()
         })
     });
-    let frames_to_encode: Vec<(&str, Encoder)> = vec![
-        (
-            "request_msg",
-            Box::new(|o| {
-                Request::Msg {
-                    to: "yoda",
-                    text: "hi",
-                }
-                .encode(o)
-            }),
-        ),
-        (
-            "reply_users",
-            Box::new(|o| Reply::Users(vec!["a", "b", "c"]).encode(o)),
-        ),
-        (
-            "push_login",
-            Box::new(|o| Push::Login(vec!["yoda"]).encode(o)),
-        ),
-        (
-            "reply_error",
-            Box::new(|o| {
-                Reply::Error {
-                    code: frames::ErrorCode::BlockedBy,
-                    arg: "yoda",
-                }
-                .encode(o)
-            }),
-        ),
-    ];
-    for (name, f) in &frames_to_encode {
-        g.bench_function(BenchmarkId::new("encode", name), |b| {
-            let mut out = Vec::with_capacity(256);
-            b.iter(|| {
-                out.clear();
-                f(&mut out);
-                out.len()
-            })
-        });
-    }
     g.finish();
 }
 
