@@ -59,3 +59,25 @@ pub fn write_until_blocked(w: &mut impl Write, buf: &[u8]) -> io::Result<usize> 
     }
     Ok(done)
 }
+
+/// Keeps a connection's write interest in step with whether it has output pending:
+/// re-registers only when `want` differs from `*current` (which it then updates).
+/// Readable interest is always kept.
+pub fn sync_write_interest(
+    registry: &mio::Registry,
+    source: &mut impl mio::event::Source,
+    token: mio::Token,
+    want: bool,
+    current: &mut bool,
+) -> io::Result<()> {
+    if want == *current {
+        return Ok(());
+    }
+    let interest = if want {
+        mio::Interest::READABLE | mio::Interest::WRITABLE
+    } else {
+        mio::Interest::READABLE
+    };
+    *current = want;
+    registry.reregister(source, token, interest)
+}

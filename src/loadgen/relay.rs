@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::{Phase, Shared};
-use crate::net::{Step, read_step, write_until_blocked};
+use crate::net::{Step, read_step, sync_write_interest, write_until_blocked};
 
 const LISTENER: Token = Token(usize::MAX);
 
@@ -147,16 +147,13 @@ fn run(mut poll: Poll, listener: TcpListener, shared: &Shared) -> io::Result<()>
                 }
             }
             let want = !c.out.is_empty();
-            if want != c.write_interest {
-                let interest = if want {
-                    Interest::READABLE | Interest::WRITABLE
-                } else {
-                    Interest::READABLE
-                };
-                poll.registry()
-                    .reregister(&mut c.stream, Token(key), interest)?;
-                c.write_interest = want;
-            }
+            sync_write_interest(
+                poll.registry(),
+                &mut c.stream,
+                Token(key),
+                want,
+                &mut c.write_interest,
+            )?;
         }
     }
 }

@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::{Mode, Phase, Plan, Shared, mono_ns};
-use crate::net::{Step, read_step, write_until_blocked};
+use crate::net::{Step, read_step, sync_write_interest, write_until_blocked};
 
 /// Connection attempts a thread keeps outstanding at once: more only overflow the
 /// server's listen backlog, and a dropped SYN costs a one-second retransmit.
@@ -576,21 +576,17 @@ impl Worker {
             }
         }
         let want = !c.wbuf.is_empty();
-        if want != c.write_interest {
-            let interest = if want {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if self
-                .poll
-                .registry()
-                .reregister(&mut c.stream, Token(key), interest)
-                .is_err()
-            {
-                return self.drop_conn(key);
-            }
-            c.write_interest = want;
+        let registry = self.poll.registry();
+        if sync_write_interest(
+            registry,
+            &mut c.stream,
+            Token(key),
+            want,
+            &mut c.write_interest,
+        )
+        .is_err()
+        {
+            self.drop_conn(key);
         }
     }
 }

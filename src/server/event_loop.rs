@@ -38,7 +38,7 @@ use super::accounts::{self, Credential};
 use super::hub::{CloseReason, Hub, HubConfig};
 use super::store::{DataDir, FsyncPolicy, Journal, StoreError};
 use super::verifier::Verifier;
-use crate::net::{Step, read_step, write_until_blocked};
+use crate::net::{Step, read_step, sync_write_interest, write_until_blocked};
 use crate::protocol::frames::{ByeReason, Push};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -423,21 +423,16 @@ impl Server {
                     }
                 }
                 let want = !s.out.is_empty() && !s.is_closing();
-                if want != s.write_interest {
-                    let interest = if want {
-                        Interest::READABLE | Interest::WRITABLE
-                    } else {
-                        Interest::READABLE
-                    };
-                    if let Err(e) = self
-                        .poll
-                        .registry()
-                        .reregister(&mut s.io, Token(key), interest)
-                    {
-                        warn!("conn {key}: reregister failed: {e}");
-                        failed.push(key);
-                    }
-                    s.write_interest = want;
+                let registry = self.poll.registry();
+                if let Err(e) = sync_write_interest(
+                    registry,
+                    &mut s.io,
+                    Token(key),
+                    want,
+                    &mut s.write_interest,
+                ) {
+                    warn!("conn {key}: reregister failed: {e}");
+                    failed.push(key);
                 }
             }
             self.hub.flushed(dirty);
