@@ -46,6 +46,8 @@ const PEER_BASE: usize = 16;
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an inbound peer connection may stay silent before its hello.
 const PEER_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a `PEERHELLO` with a token not (yet) announced by `*EXPECT` is held.
+const HELLO_HOLD: Duration = Duration::from_secs(1);
 /// How long the server's introduction token stays valid.
 const TOKEN_TTL: Duration = Duration::from_secs(30);
 /// Output queued for one peer before the session is dropped.
@@ -149,9 +151,12 @@ enum PeerState {
         user: String,
         deadline: Instant,
     },
-    /// Inbound, waiting for `PEERHELLO`.
+    /// Inbound, waiting for `PEERHELLO`, or holding one (user, token) whose `*EXPECT`
+    /// from the server has not been read yet: the server writes `+PEER` to the
+    /// requester and `*EXPECT` to us at once, but we may see the peer's hello first.
     AwaitHello {
         deadline: Instant,
+        hello: Option<(String, String)>,
     },
     Established {
         user: String,
@@ -164,7 +169,7 @@ impl PeerState {
         match self {
             PeerState::Connecting { deadline, .. }
             | PeerState::AwaitOk { deadline, .. }
-            | PeerState::AwaitHello { deadline } => Some(*deadline),
+            | PeerState::AwaitHello { deadline, .. } => Some(*deadline),
             PeerState::Established { .. } => None,
         }
     }
@@ -775,6 +780,18 @@ impl App {
                     self.expected
                         .insert(token.to_string(), (user.to_string(), now + TOKEN_TTL));
                 }
+                // A peer may have said hello before this reached us.
+                let waiting: Vec<usize> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        matches!(p.state, PeerState::AwaitHello { hello: Some(_), .. })
+                    })
+                    .map(|(k, _)| k)
+                    .collect();
+                for key in waiting {
+                    self.check_hello(key);
+                }
             }
             Push::Timeout => {
                 self.line(r::TIMED_OUT);
@@ -839,7 +856,8 @@ impl App {
                         continue; // dropped: closes at once
                     }
                     let deadline = now + PEER_HELLO_TIMEOUT;
-                    let _ = self.add_peer(stream, PeerState::AwaitHello { deadline });
+                    let hello = None;
+                    let _ = self.add_peer(stream, PeerState::AwaitHello { deadline, hello });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -937,24 +955,17 @@ impl App {
             return;
         };
         let frame = parse_peer_line(line);
-        match &p.state {
-            PeerState::AwaitHello { .. } => {
-                let Some(PeerFrame::Hello { user: name, token }) = frame else {
+        match &mut p.state {
+            PeerState::AwaitHello { hello, deadline } => {
+                // One hello, and nothing more before we answer it.
+                let (Some(PeerFrame::Hello { user, token }), None) = (frame, &hello) else {
                     return self.drop_peer(key);
                 };
-                let valid = self
-                    .expected
-                    .get(token)
-                    .is_some_and(|(user, exp)| user == name && *exp > Instant::now());
-                if !valid {
-                    return self.drop_peer(key);
-                }
-                self.expected.remove(token);
-                let name = name.to_string();
-                p.state = PeerState::Established { user: name.clone() };
-                let ok = PeerFrame::Ok { user: &self.me }.to_line();
-                p.link.send_raw(&ok);
-                self.open_session(name, key);
+                *hello = Some((user.to_string(), token.to_string()));
+                // The server's `*EXPECT` is at most a moment behind: a hello with a
+                // token we were never given is dropped soon, not at the full deadline.
+                *deadline = (*deadline).min(Instant::now() + HELLO_HOLD);
+                self.check_hello(key);
             }
             PeerState::AwaitOk { user, .. } => {
                 if frame == Some(PeerFrame::Ok { user }) {
@@ -980,6 +991,38 @@ impl App {
                 _ => {}
             },
             PeerState::Connecting { .. } => {}
+        }
+    }
+
+    /// Accepts an inbound peer's held `PEERHELLO` if the server told us to expect that
+    /// user with that token; a known token with another name is a forgery (dropped);
+    /// an unknown token waits for an `*EXPECT` until the hello deadline.
+    fn check_hello(&mut self, key: usize) {
+        let Some(PeerState::AwaitHello {
+            hello: Some((name, token)),
+            ..
+        }) = self.peers.get(key).map(|p| &p.state)
+        else {
+            return;
+        };
+        let verdict = self
+            .expected
+            .get(token)
+            .filter(|(_, exp)| *exp > Instant::now())
+            .map(|(user, _)| user == name);
+        match verdict {
+            None => {}
+            Some(false) => self.drop_peer(key),
+            Some(true) => {
+                let (name, token) = (name.clone(), token.clone());
+                self.expected.remove(&token);
+                let ok = PeerFrame::Ok { user: &self.me }.to_line();
+                if let Some(p) = self.peers.get_mut(key) {
+                    p.state = PeerState::Established { user: name.clone() };
+                    p.link.send_raw(&ok);
+                }
+                self.open_session(name, key);
+            }
         }
     }
 
