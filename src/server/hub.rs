@@ -332,6 +332,8 @@ pub struct Hub<S> {
     /// Name lookups happen on every request: foldhash (randomly seeded per process) is
     /// several times faster than SipHash, and peers cannot insert keys, only look up.
     by_name: foldhash::HashMap<Box<str>, AccountId>,
+    /// Ghost accounts by name (never looked up by peers: restore and reload only).
+    ghosts: HashMap<Box<str>, AccountId>,
     /// Logged-in accounts, unordered (swap-remove; `Account::online_pos` indexes it).
     online: Vec<AccountId>,
     cfg: HubConfig,
@@ -410,6 +412,7 @@ impl<S> Hub<S> {
             sessions: Slab::new(),
             accounts,
             by_name,
+            ghosts: HashMap::new(),
             online: Vec::new(),
             cfg,
             origin: now,
@@ -510,32 +513,16 @@ impl<S> Hub<S> {
     pub fn restore(&mut self, rec: Recovered, now: Instant) {
         self.next_msg_id = self.next_msg_id.max(rec.next_id);
         let now_ms = self.wall_ms(now);
-        let id_of = |accounts: &mut Vec<Account>, name: &str| -> AccountId {
-            if let Some(&id) = self.by_name.get(name) {
-                return id;
-            }
-            if let Some(i) = accounts.iter().position(|a| a.ghost && &*a.name == name) {
-                return i as AccountId;
-            }
-            let mut a = Account::new(name.into(), Arc::from(""));
-            a.ghost = true;
-            accounts.push(a);
-            (accounts.len() - 1) as AccountId
-        };
         let mut ghosts = 0;
         for (name, user) in &rec.users {
-            let id = id_of(&mut self.accounts, name);
-            let blocks: Vec<AccountId> = user
-                .blocks
-                .iter()
-                .map(|b| id_of(&mut self.accounts, b))
-                .collect();
+            let id = self.id_or_ghost(name);
+            let blocks: Vec<AccountId> = user.blocks.iter().map(|b| self.id_or_ghost(b)).collect();
             let mailbox: Vec<Stored> = user
                 .mailbox
                 .iter()
                 .map(|m| Stored {
                     id: m.id,
-                    from: id_of(&mut self.accounts, &m.from),
+                    from: self.id_or_ghost(&m.from),
                     text: m.text.as_str().into(),
                 })
                 .collect();
@@ -576,6 +563,19 @@ impl<S> Hub<S> {
                 "{ghosts} users in the journal are not in the credentials; their stored messages are kept"
             );
         }
+    }
+
+    /// The account called `name`, made a ghost if the credentials do not list it.
+    fn id_or_ghost(&mut self, name: &str) -> AccountId {
+        if let Some(&id) = self.by_name.get(name).or_else(|| self.ghosts.get(name)) {
+            return id;
+        }
+        let id = self.accounts.len() as AccountId;
+        let mut a = Account::new(name.into(), Arc::from(""));
+        a.ghost = true;
+        self.accounts.push(a);
+        self.ghosts.insert(name.into(), id);
+        id
     }
 
     /// Encodes the whole durable state as journal records (a compaction snapshot).
@@ -1726,6 +1726,7 @@ impl<S> Hub<S> {
                 None => {
                     a.ghost = true;
                     self.by_name.remove(&*a.name);
+                    self.ghosts.insert(a.name.clone(), i as AccountId);
                     removed.push(i as AccountId);
                 }
             }
@@ -1735,16 +1736,12 @@ impl<S> Hub<S> {
             if self.by_name.contains_key(c.name.as_str()) {
                 continue;
             }
-            let id = match self
-                .accounts
-                .iter()
-                .position(|a| a.ghost && *a.name == *c.name)
-            {
-                Some(i) => {
-                    let a = &mut self.accounts[i];
+            let id = match self.ghosts.remove(c.name.as_str()) {
+                Some(id) => {
+                    let a = &mut self.accounts[id as usize];
                     a.ghost = false;
                     a.password = c.password.as_str().into();
-                    i as AccountId
+                    id
                 }
                 None => {
                     let name: Box<str> = c.name.as_str().into();

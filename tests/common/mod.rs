@@ -127,13 +127,7 @@ impl Server {
 
     /// Resident set size in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        natter::loadgen::ProcSample::read(self.pid()).map_or(0, |p| p.rss_kib)
     }
 
     pub fn raw(&self) -> Raw {
