@@ -1,5 +1,6 @@
-//! End-to-end tests of the real `natter` client (piped stdin/stdout: plain lines, no
-//! prompts) against the real `natterd`: the whole user-visible contract.
+//! End-to-end tests of the real `natter` client (piped stdin/stdout with `--quiet`:
+//! plain lines, no prompts) against the real `natterd`: the whole user-visible contract.
+//! The prompts themselves are asserted in `login_dialogue.rs`.
 
 mod common;
 
@@ -12,8 +13,8 @@ const WELCOME: &str = "Welcome to the greatest messaging application ever!";
 fn login_outcomes_and_retries() {
     let s = Server::start(&["0"]);
     let mut c = Cli::start(&s, &[], None);
+    // The username is checked before any password is asked.
     c.type_line("nobody");
-    c.type_line("whatever");
     c.expect("Invalid Username. Please try again");
     c.type_line("hans");
     c.type_line("wrong");

@@ -22,7 +22,14 @@ fn word() -> impl Strategy<Value = String> {
 /// is never empty: `MSG bob` alone is an invalid command).
 fn text() -> impl Strategy<Value = String> {
     "[^\r\n]{1,80}"
-        .prop_map(|s| s.trim_start().to_string())
+        .prop_map(|s| {
+            // Message text never holds terminal controls (the server refuses them).
+            let s: String = s
+                .chars()
+                .filter(|c| natter::protocol::clean_text(&c.to_string()))
+                .collect();
+            s.trim_start().to_string()
+        })
         .prop_filter("non-empty", |s| !s.is_empty())
 }
 
@@ -58,6 +65,8 @@ proptest! {
     ) {
         check_request(Request::Hello { version })?;
         check_request(Request::Login { user: &user, password: &password, peer_port: port })?;
+        check_request(Request::User { user: &user })?;
+        check_request(Request::Pass { password: &password, peer_port: port })?;
         check_request(Request::Msg { to: &user, text: &msg })?;
         check_request(Request::Bcast { text: &msg })?;
         check_request(Request::WhoElse)?;
@@ -82,7 +91,8 @@ proptest! {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port);
         for r in [
-            Reply::Hello { version: a, software: &user },
+            Reply::Hello { version: a, software: &user, ping: n },
+            Reply::User { user: &user },
             Reply::Welcome,
             Reply::Sent { to: &user, stored: false },
             Reply::Sent { to: &user, stored: true },

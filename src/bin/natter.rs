@@ -24,6 +24,9 @@ struct Args {
     /// Log in as this user (skips the username prompt).
     #[arg(long)]
     user: Option<String>,
+    /// Print no prompts (`Username: `, `Password: `, `> `): output lines only, for scripts.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         server: SocketAddr::new(args.server_ip, args.server_port),
         user: args.user,
         password: std::env::var("NATTER_PASSWORD").ok(),
+        quiet: args.quiet,
     };
     match client::run(cfg) {
         Ok(code) => ExitCode::from(code),

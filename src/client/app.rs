@@ -56,6 +56,16 @@ const PEER_MAX_QUEUED: usize = 1 << 20;
 const MAX_PENDING_PEERS: usize = 32;
 /// How long `logout` waits for the server's goodbye.
 const LOGOUT_WAIT: Duration = Duration::from_secs(2);
+/// How long the server may take to answer the handshake.
+const HELLO_WAIT: Duration = Duration::from_secs(10);
+/// The server's liveness interval when its handshake does not say (natterd's default).
+const DEFAULT_PING: Duration = Duration::from_secs(30);
+/// Output queued for the server before the client gives up on it: a server that
+/// floods us (`*PING`s, say) but never reads cannot make us hold more.
+const SERVER_MAX_QUEUED: usize = 1 << 20;
+/// Introduction tokens kept per introducing user, and in all.
+const TOKENS_PER_USER: usize = 4;
+const TOKENS_MAX: usize = 1024;
 
 /// What the client needs to start.
 #[derive(Debug, Clone)]
@@ -63,6 +73,8 @@ pub struct ClientConfig {
     pub server: SocketAddr,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// Leave every prompt out (scripts that want only output lines).
+    pub quiet: bool,
 }
 
 /// Why the client could not start.
@@ -183,22 +195,38 @@ struct Peer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Stage {
     AskUser,
+    /// `USER` sent: waiting to hear whether this account may log in.
+    CheckingUser(String),
     AskPassword(String),
     LoggingIn(String),
     Active,
     LoggingOut,
 }
 
+/// One line of input, as read.
+enum Typed {
+    Line(String),
+    /// Longer than the protocol's line limit (its bytes were discarded).
+    TooLong,
+    /// Not UTF-8.
+    Garbled,
+}
+
 struct App {
     poll: Poll,
     interactive: bool,
+    quiet: bool,
+    /// The prompt for the next line of input has been printed (pipe mode).
+    prompt_shown: bool,
+    /// The server does not know `USER`/`PASS` (an older natterd): log in with `LOGIN`.
+    legacy_login: bool,
     stdin_pollable: bool,
     stdin_eof: bool,
     stdin_decoder: LineDecoder,
     keys: anes::parser::Parser,
     editor: Editor,
     /// Lines typed or piped, waiting until the client is ready for them.
-    input: VecDeque<String>,
+    input: VecDeque<Typed>,
     /// Text for stdout, written once per iteration.
     screen: String,
     /// Whether the prompt line must be redrawn at the end of the iteration.
@@ -210,6 +238,11 @@ struct App {
     me: String,
     last_msg_id: u64,
     ack_due: Option<u64>,
+    /// The newest `*PING` not answered yet (a flood of pings gets one `PONG`).
+    pong_due: Option<u64>,
+    /// When the server last sent anything, and how long it may stay silent.
+    server_rx: Instant,
+    server_silence: Duration,
     known_users: BTreeSet<String>,
     listener: Option<TcpListener>,
     peers: Slab<Peer>,
@@ -217,7 +250,8 @@ struct App {
     sessions: HashMap<String, usize>,
     /// Users whose session ended without `stopprivate`.
     gone: HashSet<String>,
-    /// Tokens the server introduced: token -> (user, expiry).
+    /// Tokens the server introduced: token -> (user, expiry). At most
+    /// `TOKENS_PER_USER` per introduced user, so one user cannot crowd out the others.
     expected: HashMap<String, (String, Instant)>,
     /// The outbound private connection being set up (input waits for it).
     connecting: Option<usize>,
@@ -285,13 +319,22 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
     server.send(&Request::Hello {
         version: PROTOCOL_VERSION,
     });
+    let mut pending = VecDeque::from([Pending::Hello]);
     let stage = match &cfg.user {
-        Some(u) => Stage::AskPassword(u.clone()),
+        Some(u) => {
+            server.send(&Request::User { user: u });
+            pending.push_back(Pending::User);
+            Stage::CheckingUser(u.clone())
+        }
         None => Stage::AskUser,
     };
+    let now = Instant::now();
     let mut app = App {
         poll,
         interactive,
+        quiet: cfg.quiet,
+        prompt_shown: false,
+        legacy_login: false,
         stdin_pollable,
         stdin_eof: false,
         stdin_decoder: LineDecoder::default(),
@@ -302,11 +345,15 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
         redraw: true,
         server,
         stage,
-        pending: VecDeque::from([Pending::Hello]),
+        pending,
         env_password: cfg.password,
         me: String::new(),
         last_msg_id: 0,
         ack_due: None,
+        pong_due: None,
+        // Until the handshake is answered, the server gets `HELLO_WAIT`.
+        server_rx: now,
+        server_silence: HELLO_WAIT,
         known_users: BTreeSet::new(),
         listener,
         peers: Slab::new(),
@@ -325,8 +372,6 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
 impl App {
     fn run(&mut self, signals: &mut signal_hook_mio::v1_0::Signals) -> u8 {
         let mut events = Events::with_capacity(64);
-        // The username may come from --user and the password from the environment.
-        self.try_auto_login();
         loop {
             self.process_input();
             self.flush_all();
@@ -369,26 +414,44 @@ impl App {
 
     // ---- output -------------------------------------------------------------------
 
-    /// Prints one line of output above the input line.
+    /// Prints one line of output above the input line. Every line goes through here,
+    /// and every character that could act on the terminal is shown escaped
+    /// ([`r::visible`]): text from the server or a peer never reaches it raw.
     fn line(&mut self, text: &str) {
         if self.interactive {
             self.screen.push_str("\r\x1b[K");
             self.redraw = true;
         }
-        self.screen.push_str(text);
+        self.screen.push_str(&r::visible(text));
         self.screen.push('\n');
     }
 
     fn prompt(&self) -> &'static str {
+        if self.quiet {
+            return "";
+        }
         match self.stage {
             Stage::AskUser => r::USERNAME_PROMPT,
             Stage::AskPassword(_) => r::PASSWORD_PROMPT,
             Stage::Active => r::PROMPT,
-            Stage::LoggingIn(_) | Stage::LoggingOut => "",
+            Stage::CheckingUser(_) | Stage::LoggingIn(_) | Stage::LoggingOut => "",
+        }
+    }
+
+    /// On a pipe, prints the prompt for the next line of input once, as the classic
+    /// client's `input()` does (on a terminal the editor draws it).
+    fn show_prompt(&mut self) {
+        if !self.interactive && !self.prompt_shown {
+            self.prompt_shown = true;
+            self.screen.push_str(self.prompt());
         }
     }
 
     fn render(&mut self) {
+        let more_input = !self.stdin_eof || !self.input.is_empty();
+        if self.exit.is_none() && more_input && self.ready_for_line() {
+            self.show_prompt();
+        }
         if self.interactive && self.redraw && self.exit.is_none() {
             self.editor.secret = matches!(self.stage, Stage::AskPassword(_));
             let mut s = std::mem::take(&mut self.screen);
@@ -419,6 +482,7 @@ impl App {
             Stage::AskUser | Stage::AskPassword(_) => {
                 self.pending.iter().all(|p| *p == Pending::Hello)
             }
+            Stage::CheckingUser(_) => false,
             // `ACTIVE` notes (for private commands and invalid ones) print nothing, so
             // they never hold input back: private chat keeps flowing even when the
             // server is slow or unreachable.
@@ -467,11 +531,11 @@ impl App {
             } else {
                 let input = &mut self.input;
                 self.stdin_decoder.feed(&data, frames::MAX_LINE, |f| {
-                    match f {
-                        Frame::Line(l) => input.push_back(l.to_string()),
-                        // An over-long or non-UTF-8 line becomes one the server will refuse.
-                        Frame::TooLong | Frame::BadUtf8 => input.push_back("\u{0}".to_string()),
-                    }
+                    input.push_back(match f {
+                        Frame::Line(l) => Typed::Line(l.to_string()),
+                        Frame::TooLong => Typed::TooLong,
+                        Frame::BadUtf8 => Typed::Garbled,
+                    });
                     Flow::Continue
                 });
             }
@@ -502,12 +566,16 @@ impl App {
                 let shown = if self.editor.secret {
                     String::new()
                 } else {
-                    line.clone()
+                    r::visible(&line).into_owned()
                 };
                 self.screen
                     .push_str(&format!("\r\x1b[K{}{}\n", self.prompt(), shown));
                 self.redraw = true;
-                self.input.push_back(line);
+                self.input.push_back(if line.len() > frames::MAX_LINE {
+                    Typed::TooLong
+                } else {
+                    Typed::Line(line)
+                });
             }
             Action::Eof => self.stdin_eof = true,
             Action::Interrupt => {
@@ -518,6 +586,7 @@ impl App {
         }
     }
 
+    /// The password from the environment, once, when it is asked for.
     fn try_auto_login(&mut self) {
         if let Stage::AskPassword(user) = &self.stage
             && let Some(pw) = self.env_password.take()
@@ -527,44 +596,77 @@ impl App {
         }
     }
 
+    /// The username step: the server says at once whether the account may log in.
+    fn send_user(&mut self, name: &str) {
+        if name.is_empty() || name.contains(char::is_whitespace) {
+            // No account has such a name (the file separates fields by white space).
+            self.line(r::INVALID_USERNAME);
+            return;
+        }
+        if self.legacy_login {
+            self.stage = Stage::AskPassword(name.to_string());
+            self.try_auto_login();
+            return;
+        }
+        self.request(Request::User { user: name }, Pending::User);
+        self.stage = Stage::CheckingUser(name.to_string());
+    }
+
     fn send_login(&mut self, user: String, password: &str) {
         if password.is_empty() || password.contains(char::is_whitespace) {
             // No account has such a password (the file separates fields by white space).
             self.line(r::INVALID_PASSWORD);
             return;
         }
-        self.server.send(&Request::Login {
-            user: &user,
-            password,
-            peer_port: self.peer_port,
-        });
-        self.pending.push_back(Pending::Login);
+        let peer_port = self.peer_port;
+        let req = if self.legacy_login {
+            Request::Login {
+                user: &user,
+                password,
+                peer_port,
+            }
+        } else {
+            Request::Pass {
+                password,
+                peer_port,
+            }
+        };
+        self.request(req, Pending::Login);
         self.stage = Stage::LoggingIn(user);
         self.redraw = true;
     }
 
     fn process_input(&mut self) {
-        while self.ready_for_line() {
-            let Some(line) = self.input.pop_front() else {
-                if self.stdin_eof && self.exit.is_none() {
+        while self.ready_for_line() && self.exit.is_none() {
+            if self.input.is_empty() {
+                if self.stdin_eof {
                     self.begin_logout(Instant::now());
                 }
                 return;
+            }
+            // The classic client prints the prompt before reading each line.
+            self.show_prompt();
+            let Some(typed) = self.input.pop_front() else {
+                return;
+            };
+            self.prompt_shown = false;
+            self.redraw = true;
+            let line = match typed {
+                Typed::Line(l) => l,
+                Typed::TooLong => {
+                    self.line(&r::too_long(&frames::MAX_LINE.to_string()));
+                    continue;
+                }
+                Typed::Garbled => {
+                    self.line(r::INVALID_COMMAND);
+                    continue;
+                }
             };
             match self.stage.clone() {
-                Stage::AskUser => {
-                    let name = line.trim();
-                    if name.is_empty() || name.contains(char::is_whitespace) {
-                        self.line(r::INVALID_USERNAME);
-                    } else {
-                        self.stage = Stage::AskPassword(name.to_string());
-                        self.redraw = true;
-                        self.try_auto_login();
-                    }
-                }
+                Stage::AskUser => self.send_user(line.trim()),
                 Stage::AskPassword(user) => self.send_login(user, line.trim_end_matches('\r')),
                 Stage::Active => self.command(&line),
-                Stage::LoggingIn(_) | Stage::LoggingOut => {}
+                Stage::CheckingUser(_) | Stage::LoggingIn(_) | Stage::LoggingOut => {}
             }
         }
     }
@@ -603,6 +705,8 @@ impl App {
             }
             Command::Private { to, text } => {
                 match self.sessions.get(to).copied() {
+                    // The peer escapes what it shows, but we send nothing a server would refuse.
+                    Some(_) if !frames::clean_text(text) => self.line(r::BAD_TEXT),
                     Some(key) => {
                         let line = PeerFrame::Msg { text }.to_line();
                         self.peer_send(key, &line);
@@ -646,10 +750,21 @@ impl App {
 
     fn read_server(&mut self, now: Instant) {
         let (lines, closed) = self.server.read_lines(&mut self.buf);
+        if !lines.is_empty() {
+            self.server_rx = now;
+        }
         for l in &lines {
             match frames::parse_server_frame(l) {
                 Ok(ServerFrame::Reply(reply)) => self.on_reply(reply, now),
                 Ok(ServerFrame::Push(push)) => self.on_push(push, now),
+                // A reply we cannot read still answers the oldest request: report it
+                // and move on, so input never waits for a reply that will not come.
+                Err(_) if l.starts_with(['+', '-']) => {
+                    log::debug!("unreadable reply from the server: {l:?}");
+                    if self.pending.pop_front().is_some() {
+                        self.bad_reply();
+                    }
+                }
                 Err(_) => log::debug!("ignoring unreadable line from the server: {l:?}"),
             }
             if self.exit.is_some() {
@@ -658,6 +773,9 @@ impl App {
         }
         if let Some(id) = self.ack_due.take() {
             self.server.send(&Request::Ack { id });
+        }
+        if let Some(seq) = self.pong_due.take() {
+            self.server.send(&Request::Pong { seq });
         }
         if closed && self.exit.is_none() {
             if self.stage == Stage::LoggingOut {
@@ -674,7 +792,23 @@ impl App {
             return;
         };
         match (pending, reply) {
-            (Pending::Hello, Reply::Hello { .. }) => {}
+            (Pending::Hello, Reply::Hello { ping, .. }) => {
+                // The server pings a silent client every `ping` seconds, so two missed
+                // intervals mean it is gone.
+                let ping = match ping {
+                    0 => DEFAULT_PING,
+                    s => Duration::from_secs(s.min(86_400)),
+                };
+                self.server_silence = ping * 2 + Duration::from_secs(5);
+            }
+            (Pending::User, Reply::User { .. }) => {
+                if let Stage::CheckingUser(user) = &self.stage {
+                    self.stage = Stage::AskPassword(user.clone());
+                }
+                self.redraw = true;
+                self.try_auto_login();
+            }
+            (Pending::User, Reply::Error { code, .. }) => self.login_failed(code),
             (Pending::Hello, Reply::Error { code, arg }) => {
                 self.line(&format!(
                     "natter: the server speaks protocol {arg}, not {PROTOCOL_VERSION} ({})",
@@ -691,8 +825,10 @@ impl App {
                 self.line(r::WELCOME);
             }
             (Pending::Login, Reply::Error { code, .. }) => self.login_failed(code),
-            (Pending::Broadcast, Reply::Bcast { blocked, .. }) if blocked > 0 => {
-                self.line(r::BROADCAST_BLOCKED)
+            (Pending::Broadcast, Reply::Bcast { blocked, .. }) => {
+                if blocked > 0 {
+                    self.line(r::BROADCAST_BLOCKED)
+                }
             }
             (Pending::Who, Reply::Users(names)) => {
                 for n in names {
@@ -706,23 +842,43 @@ impl App {
                 self.connect_peer(user, addr, token, now)
             }
             (Pending::Logout, Reply::Bye) => self.exit = Some(0),
+            (Pending::Message, Reply::Sent { .. }) | (Pending::Active, Reply::Ok) => {}
             (p, Reply::Error { code, arg }) => {
                 let text = r::error_line(&p, code, arg);
                 self.line(&text);
             }
-            _ => {}
+            (p, other) => {
+                log::debug!("reply {other:?} does not answer {p:?}");
+                self.bad_reply();
+            }
+        }
+    }
+
+    /// A reply that does not answer the request it should: reported, never fatal
+    /// once logged in; during the login dialogue there is no sensible way on.
+    fn bad_reply(&mut self) {
+        self.line(r::BAD_REPLY);
+        match self.stage {
+            Stage::Active | Stage::LoggingOut => {}
+            _ => self.exit = Some(1),
         }
     }
 
     fn login_failed(&mut self, code: ErrorCode) {
         let user = match &self.stage {
-            Stage::LoggingIn(u) => u.clone(),
+            Stage::LoggingIn(u) | Stage::CheckingUser(u) => u.clone(),
             _ => String::new(),
         };
         match code {
             ErrorCode::NoSuchUser => {
                 self.line(r::INVALID_USERNAME);
                 self.stage = Stage::AskUser;
+            }
+            // An older server without the username step: ask the password, then `LOGIN`.
+            ErrorCode::UnknownCommand if matches!(self.stage, Stage::CheckingUser(_)) => {
+                self.legacy_login = true;
+                self.stage = Stage::AskPassword(user);
+                self.try_auto_login();
             }
             ErrorCode::BadPassword => {
                 self.line(r::INVALID_PASSWORD);
@@ -773,13 +929,9 @@ impl App {
                     self.line(&r::logged_out(n));
                 }
             }
-            Push::Ping { seq } => self.server.send(&Request::Pong { seq }),
+            Push::Ping { seq } => self.pong_due = Some(seq),
             Push::Expect { user, token } => {
-                self.expected.retain(|_, (_, exp)| *exp > now);
-                if self.expected.len() < 1024 {
-                    self.expected
-                        .insert(token.to_string(), (user.to_string(), now + TOKEN_TTL));
-                }
+                self.expect_token(user, token, now);
                 // A peer may have said hello before this reached us.
                 let waiting: Vec<usize> = self
                     .peers
@@ -805,6 +957,32 @@ impl App {
     }
 
     // ---- peers --------------------------------------------------------------------
+
+    /// Remembers an introduction. Each introducing user keeps at most
+    /// `TOKENS_PER_USER` tokens (its oldest goes first), so a user who asks for
+    /// introductions in a loop only ever displaces its own.
+    fn expect_token(&mut self, user: &str, token: &str, now: Instant) {
+        self.expected.retain(|_, (_, exp)| *exp > now);
+        let oldest = |e: &HashMap<String, (String, Instant)>, only: Option<&str>| {
+            e.iter()
+                .filter(|(_, (u, _))| only.is_none_or(|o| o == u))
+                .min_by_key(|(_, (_, exp))| *exp)
+                .map(|(t, _)| t.clone())
+        };
+        let mine = self.expected.values().filter(|(u, _)| u == user).count();
+        let evict = if mine >= TOKENS_PER_USER {
+            oldest(&self.expected, Some(user))
+        } else if self.expected.len() >= TOKENS_MAX {
+            oldest(&self.expected, None)
+        } else {
+            None
+        };
+        if let Some(t) = evict {
+            self.expected.remove(&t);
+        }
+        self.expected
+            .insert(token.to_string(), (user.to_string(), now + TOKEN_TTL));
+    }
 
     /// Registers a peer connection in the slab and the poll; None if registration failed.
     fn add_peer(&mut self, mut stream: TcpStream, state: PeerState) -> Option<usize> {
@@ -847,13 +1025,23 @@ impl App {
             };
             match listener.accept() {
                 Ok((stream, _)) => {
-                    let waiting = self
+                    // Full of connections that have not said hello: the oldest goes
+                    // (idle ones before ones holding a hello), so strangers who connect
+                    // and say nothing cannot lock out the peer the server introduces.
+                    let waiting: Vec<(bool, Instant, usize)> = self
                         .peers
                         .iter()
-                        .filter(|(_, p)| matches!(p.state, PeerState::AwaitHello { .. }))
-                        .count();
-                    if waiting >= MAX_PENDING_PEERS {
-                        continue; // dropped: closes at once
+                        .filter_map(|(k, p)| match &p.state {
+                            PeerState::AwaitHello { deadline, hello } => {
+                                Some((hello.is_some(), *deadline, k))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    if waiting.len() >= MAX_PENDING_PEERS
+                        && let Some(&(_, _, k)) = waiting.iter().min()
+                    {
+                        self.drop_peer(k);
                     }
                     let deadline = now + PEER_HELLO_TIMEOUT;
                     let hello = None;
@@ -1039,6 +1227,11 @@ impl App {
     // ---- loop plumbing -----------------------------------------------------------
 
     fn flush_all(&mut self) {
+        if self.server.out.len() > SERVER_MAX_QUEUED && self.exit.is_none() {
+            self.line(r::SERVER_NOT_READING);
+            self.exit = Some(1);
+            return;
+        }
         if self.server.flush().is_err() && self.exit.is_none() {
             if self.stage == Stage::LoggingOut {
                 self.exit = Some(0);
@@ -1065,6 +1258,7 @@ impl App {
             .iter()
             .filter_map(|(_, p)| p.state.deadline())
             .chain(self.logout_deadline)
+            .chain(Some(self.server_rx + self.server_silence))
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -1080,6 +1274,10 @@ impl App {
     fn check_deadlines(&mut self, now: Instant) {
         if self.logout_deadline.is_some_and(|t| t <= now) && self.exit.is_none() {
             self.exit = Some(0);
+        }
+        if self.server_rx + self.server_silence <= now && self.exit.is_none() {
+            self.line(r::SERVER_TIMEOUT);
+            self.exit = Some(1);
         }
         let late: Vec<usize> = self
             .peers

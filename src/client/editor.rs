@@ -237,8 +237,15 @@ impl Editor {
         if self.secret {
             return;
         }
-        out.extend(self.buf.iter());
-        let back = self.buf.len() - self.cursor;
+        // What is typed (or pasted) is shown like network text: nothing in it may act
+        // on the terminal. The cursor moves back by display columns, not characters,
+        // so wide (CJK, emoji) characters keep it in place.
+        let before: String = self.buf[..self.cursor].iter().collect();
+        let after: String = self.buf[self.cursor..].iter().collect();
+        let after = super::render::visible(&after);
+        out.push_str(&super::render::visible(&before));
+        out.push_str(&after);
+        let back = unicode_width::UnicodeWidthStr::width(&*after);
         if back > 0 {
             out.push_str(&format!("\x1b[{back}D"));
         }
@@ -362,6 +369,18 @@ mod tests {
         let mut out = String::new();
         e.render("> ", &mut out);
         assert_eq!(out, "\r\x1b[K> abc\x1b[1D");
+    }
+
+    #[test]
+    fn cursor_moves_by_display_width() {
+        let mut e = Editor::default();
+        typed(&mut e, "日本語x");
+        e.key(Key::Home, &none);
+        e.key(Key::Right, &none);
+        let mut out = String::new();
+        e.render("> ", &mut out);
+        // Two wide characters and one narrow one after the cursor: 5 columns.
+        assert_eq!(out, "\r\x1b[K> 日本語x\x1b[5D");
     }
 
     #[test]

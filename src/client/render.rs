@@ -82,6 +82,37 @@ pub const RATE_LIMITED: &str = "Error. You are sending too fast; slow down";
 pub const STORE_UNAVAILABLE: &str =
     "Error. The server cannot store messages right now. Please try again later";
 pub const SERVER_LOST: &str = "Connection to the server lost";
+pub const SERVER_TIMEOUT: &str = "Connection to the server timed out";
+pub const SERVER_NOT_READING: &str = "Disconnected: the server stopped reading";
+pub const BAD_REPLY: &str = "Error. The server sent a reply this client cannot read";
+pub const BAD_TEXT: &str = "Error. Messages cannot contain control characters";
+
+/// Text from the network made safe to print: every character that would act on a
+/// terminal or on the layout of the line instead of being shown (the characters
+/// [`crate::protocol::frames::clean_text`] refuses) is written visibly: C0 controls in
+/// caret notation (`^[` for ESC, `^M` for CR), DEL as `^?`, and C1 controls, line and
+/// paragraph separators and bidirectional embeddings/overrides/isolates as `\u{202e}`.
+/// Printed this way, one message is always one line that starts with its real sender.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    if crate::protocol::frames::clean_text(text) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\u{0}'..='\u{1f}' => {
+                out.push('^');
+                out.push(char::from(c as u8 + 0x40));
+            }
+            '\u{7f}' => out.push_str("^?"),
+            '\u{80}'..='\u{9f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
 
 /// What `*BYE <reason>` shows.
 pub fn bye(reason: &str) -> String {
@@ -104,6 +135,8 @@ pub fn bye(reason: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pending {
     Hello,
+    /// The username step of the login dialogue.
+    User,
     Login,
     Message,
     Broadcast,
@@ -120,6 +153,7 @@ pub fn error_line(pending: &Pending, code: ErrorCode, arg: &str) -> String {
     use ErrorCode::*;
     match (pending, code) {
         (_, UnknownCommand | BadArguments) => INVALID_COMMAND.to_string(),
+        (_, BadText) => BAD_TEXT.to_string(),
         (_, TooLong) => too_long(arg),
         (_, RateLimited) => RATE_LIMITED.to_string(),
         (_, StoreUnavailable) => STORE_UNAVAILABLE.to_string(),
@@ -141,6 +175,26 @@ pub fn error_line(pending: &Pending, code: ErrorCode, arg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_text_is_shown_not_obeyed() {
+        assert_eq!(visible("plain héllo 日本"), "plain héllo 日本");
+        assert_eq!(visible("ok\r\x1b[Kyoda: hi"), "ok^M^[[Kyoda: hi");
+        assert_eq!(visible("\x1b]0;pwned\x07"), "^[]0;pwned^G");
+        assert_eq!(visible("a\tb\x7f\0"), "a^Ib^?^@");
+        assert_eq!(visible("c1\u{9b}2J"), "c1\\u{9b}2J");
+        assert_eq!(visible("x\u{202e}y\u{2028}z"), "x\\u{202e}y\\u{2028}z");
+        assert_eq!(visible("\u{2067}i\u{2069}"), "\\u{2067}i\\u{2069}");
+        // Right-to-left letters and harmless marks are text.
+        assert_eq!(visible("שלום \u{200f}"), "שלום \u{200f}");
+        for c in (0u32..0x3000).filter_map(char::from_u32) {
+            let shown = visible(&c.to_string()).into_owned();
+            assert!(
+                crate::protocol::frames::clean_text(&shown),
+                "{c:?} shown as {shown:?}"
+            );
+        }
+    }
 
     #[test]
     fn error_strings_depend_on_the_request() {

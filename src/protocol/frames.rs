@@ -22,8 +22,18 @@ pub enum Request<'a> {
     Hello {
         version: u32,
     },
+    /// One-shot login (scripts, the load generator).
     Login {
         user: &'a str,
+        password: &'a str,
+        peer_port: Option<u16>,
+    },
+    /// The classic dialogue's first step: is this username one that may log in?
+    User {
+        user: &'a str,
+    },
+    /// The dialogue's second step: the password for the username of the last `USER`.
+    Pass {
         password: &'a str,
         peer_port: Option<u16>,
     },
@@ -69,6 +79,8 @@ impl Request<'_> {
             self,
             Request::Hello { .. }
                 | Request::Login { .. }
+                | Request::User { .. }
+                | Request::Pass { .. }
                 | Request::Ping { .. }
                 | Request::Pong { .. }
                 | Request::Ack { .. }
@@ -96,6 +108,15 @@ impl Request<'_> {
                 password,
                 peer_port: None,
             } => writeln!(out, "LOGIN {user} {password}"),
+            Request::User { user } => writeln!(out, "USER {user}"),
+            Request::Pass {
+                password,
+                peer_port: Some(p),
+            } => writeln!(out, "PASS {password} {p}"),
+            Request::Pass {
+                password,
+                peer_port: None,
+            } => writeln!(out, "PASS {password}"),
             Request::Msg { to, text } => writeln!(out, "MSG {to} {text}"),
             Request::Bcast { text } => writeln!(out, "BCAST {text}"),
             Request::WhoElse => writeln!(out, "WHOELSE"),
@@ -120,6 +141,8 @@ pub enum RequestError {
     UnknownVerb,
     /// A known verb with missing, extra or malformed arguments.
     BadArguments,
+    /// Message text with a character that could act on a terminal (see [`clean_text`]).
+    BadText,
 }
 
 /// Splits off the first space-separated field.
@@ -139,12 +162,55 @@ fn name(s: &str) -> Result<&str, RequestError> {
     }
 }
 
-/// Free text: non-empty and not only white space.
+/// Free text: non-empty, not only white space, and clean (see [`clean_text`]).
 fn text(s: &str) -> Result<&str, RequestError> {
     if s.trim().is_empty() {
         Err(RequestError::BadArguments)
+    } else if !clean_text(s) {
+        Err(RequestError::BadText)
     } else {
         Ok(s)
+    }
+}
+
+/// Whether message text is free of characters that act on a terminal or on the layout
+/// of a line instead of being shown: C0 controls (tab included), DEL, C1 controls, the
+/// line and paragraph separators U+2028/U+2029, and the bidirectional embeddings,
+/// overrides and isolates U+202A-U+202E and U+2066-U+2069 (which could make a line
+/// read as if it came from someone else). Right-to-left letters need none of them and
+/// pass, as do the harmless marks U+200E, U+200F and U+061C.
+///
+/// A byte scan of the UTF-8 (every rejected character has a fixed encoding), since it
+/// runs on every message.
+pub fn clean_text(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            0x00..=0x1f | 0x7f => return false,
+            // U+0080-U+009F: C2 80-9F.
+            0xc2 if matches!(b.get(i + 1), Some(0x80..=0x9f)) => return false,
+            // U+2028-U+202E: E2 80 A8-AE; U+2066-U+2069: E2 81 A6-A9.
+            0xe2 => match (b.get(i + 1), b.get(i + 2)) {
+                (Some(0x80), Some(0xa8..=0xae)) | (Some(0x81), Some(0xa6..=0xa9)) => {
+                    return false;
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    true
+}
+
+/// An optional peer port as the last field.
+fn opt_port(s: &str) -> Result<Option<u16>, RequestError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        number(s).map(Some)
     }
 }
 
@@ -193,15 +259,18 @@ pub fn parse_request(line: &str) -> Result<Request<'_>, RequestError> {
         "LOGIN" => {
             let (user, rest) = field(rest);
             let (password, port) = field(rest);
-            let peer_port = if port.is_empty() {
-                None
-            } else {
-                Some(number(port)?)
-            };
             Request::Login {
                 user: name(user)?,
                 password: name(password)?,
-                peer_port,
+                peer_port: opt_port(port)?,
+            }
+        }
+        "USER" => Request::User { user: name(rest)? },
+        "PASS" => {
+            let (password, port) = field(rest);
+            Request::Pass {
+                password: name(password)?,
+                peer_port: opt_port(port)?,
             }
         }
         _ => return Err(RequestError::UnknownVerb),
@@ -223,6 +292,8 @@ pub enum ErrorCode {
     UnknownCommand,
     /// Known verb, bad arguments.
     BadArguments,
+    /// Message text with control characters (see [`clean_text`]).
+    BadText,
     /// The line exceeded the maximum length (argument: the limit).
     TooLong,
     /// The line was not valid UTF-8.
@@ -256,13 +327,14 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Version,
         ErrorCode::HelloFirst,
         ErrorCode::NotLoggedIn,
         ErrorCode::AlreadyLoggedIn,
         ErrorCode::UnknownCommand,
         ErrorCode::BadArguments,
+        ErrorCode::BadText,
         ErrorCode::TooLong,
         ErrorCode::BadUtf8,
         ErrorCode::NoSuchUser,
@@ -288,6 +360,7 @@ impl ErrorCode {
             ErrorCode::AlreadyLoggedIn => "ALREADY_LOGGED_IN",
             ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
             ErrorCode::BadArguments => "BAD_ARGUMENTS",
+            ErrorCode::BadText => "BAD_TEXT",
             ErrorCode::TooLong => "TOO_LONG",
             ErrorCode::BadUtf8 => "BAD_UTF8",
             ErrorCode::NoSuchUser => "NO_SUCH_USER",
@@ -314,9 +387,16 @@ impl ErrorCode {
 /// A server reply: exactly one per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply<'a> {
+    /// The handshake's answer; `ping` is the server's liveness interval in seconds
+    /// (0: not told), so a client knows how long the server may stay silent.
     Hello {
         version: u32,
         software: &'a str,
+        ping: u64,
+    },
+    /// The username of a `USER` may log in: ask for its password.
+    User {
+        user: &'a str,
     },
     Welcome,
     /// The message reached an online recipient's queue (`stored: false`) or its mailbox.
@@ -484,7 +564,17 @@ impl Reply<'_> {
             _ => {}
         }
         let _ = match self {
-            Reply::Hello { version, software } => writeln!(out, "+HELLO {version} {software}"),
+            Reply::Hello {
+                version,
+                software,
+                ping: 0,
+            } => writeln!(out, "+HELLO {version} {software}"),
+            Reply::Hello {
+                version,
+                software,
+                ping,
+            } => writeln!(out, "+HELLO {version} {software} {ping}"),
+            Reply::User { user } => writeln!(out, "+USER {user}"),
             Reply::Welcome => writeln!(out, "+WELCOME"),
             Reply::Sent { to, stored: false } => writeln!(out, "+SENT {to}"),
             Reply::Sent { to, stored: true } => writeln!(out, "+STORED {to}"),
@@ -566,12 +656,16 @@ pub fn parse_server_frame(line: &str) -> Result<ServerFrame<'_>, BadFrame> {
     match kind {
         '+' => Ok(ServerFrame::Reply(match verb {
             "HELLO" => {
-                let (v, software) = field(rest);
+                let (v, rest) = field(rest);
+                let (software, ping) = field(rest);
                 Reply::Hello {
                     version: num(v)?,
                     software,
+                    // Older servers send no interval; anything unreadable counts as none.
+                    ping: ping.parse().unwrap_or(0),
                 }
             }
+            "USER" => Reply::User { user: word(rest)? },
             "WELCOME" => Reply::Welcome,
             "SENT" => Reply::Sent {
                 to: word(rest)?,
@@ -672,6 +766,15 @@ mod tests {
                 password: "s3cret",
                 peer_port: Some(5555),
             },
+            Request::User { user: "alice" },
+            Request::Pass {
+                password: "s3cret",
+                peer_port: None,
+            },
+            Request::Pass {
+                password: "s3cret",
+                peer_port: Some(5555),
+            },
             Request::Msg {
                 to: "bob",
                 text: "hi  there, spaced  ",
@@ -692,6 +795,45 @@ mod tests {
             Request::Ack { id: u64::MAX },
         ] {
             roundtrip_request(r);
+        }
+    }
+
+    #[test]
+    fn text_with_terminal_controls_is_refused() {
+        for bad in [
+            "ok\r\x1b[Kyoda: fake",
+            "a\tb",
+            "bell\x07",
+            "del\x7f",
+            "c1 \u{9b}2J",
+            "nel\u{85}",
+            "split\u{2028}line",
+            "para\u{2029}",
+            "rlo \u{202e}olleh",
+            "lre\u{202a}",
+            "rli\u{2067}x\u{2069}",
+        ] {
+            assert!(!clean_text(bad), "{bad:?}");
+            assert_eq!(
+                parse_request(&format!("MSG bob {bad}")),
+                Err(RequestError::BadText)
+            );
+            assert_eq!(
+                parse_request(&format!("BCAST {bad}")),
+                Err(RequestError::BadText)
+            );
+        }
+        for good in [
+            "plain",
+            "héllo wörld",
+            "שלום עולם",
+            "مرحبا",
+            "日本語 ok",
+            "mark\u{200f}x",
+            "emoji 🎉",
+            "\u{2027}\u{202f}\u{2065}\u{206a}",
+        ] {
+            assert!(clean_text(good), "{good:?}");
         }
     }
 
@@ -749,7 +891,14 @@ mod tests {
             ServerFrame::Reply(Reply::Hello {
                 version: 1,
                 software: "natterd/0.1.0",
+                ping: 0,
             }),
+            ServerFrame::Reply(Reply::Hello {
+                version: 1,
+                software: "natterd/0.1.0",
+                ping: 30,
+            }),
+            ServerFrame::Reply(Reply::User { user: "bob" }),
             ServerFrame::Reply(Reply::Welcome),
             ServerFrame::Reply(Reply::Sent {
                 to: "bob",

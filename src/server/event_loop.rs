@@ -35,6 +35,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::accounts::{self, Credential};
+use super::flood::{Rate, TokenBucket};
 use super::hub::{CloseReason, Hub, HubConfig};
 use super::store::{DataDir, FsyncPolicy, Journal, StoreError};
 use super::verifier::Verifier;
@@ -93,8 +94,7 @@ pub struct Limits {
 #[derive(Debug)]
 struct IpEntry {
     conns: u32,
-    tokens: f64,
-    at: Instant,
+    tokens: TokenBucket,
 }
 
 /// Where and how durable state is kept.
@@ -472,16 +472,12 @@ impl Server {
         if self.per_ip.len() >= self.per_ip_prune_at {
             self.prune_per_ip(now);
         }
+        let rate = self.new_conn_rate();
         let l = &self.limits;
-        let burst = f64::from(l.new_per_ip_per_min);
         let e = self.per_ip.entry(ip).or_insert(IpEntry {
             conns: 0,
-            tokens: burst,
-            at: now,
+            tokens: TokenBucket::full(rate, now),
         });
-        e.tokens = (e.tokens + now.saturating_duration_since(e.at).as_secs_f64() * burst / 60.0)
-            .min(burst);
-        e.at = now;
         if l.max_per_ip > 0 && e.conns >= l.max_per_ip {
             self.hub.stats.per_ip_refused += 1;
             warn!(
@@ -490,28 +486,31 @@ impl Server {
             );
             return Some(ByeReason::TooManyConnections);
         }
-        if l.new_per_ip_per_min > 0 {
-            if e.tokens < 1.0 {
-                self.hub.stats.rate_refused += 1;
-                warn!(
-                    "refused connection from {ip}: over {} new connections a minute (--max-new-per-ip)",
-                    l.new_per_ip_per_min
-                );
-                return Some(ByeReason::ConnectingTooFast);
-            }
-            e.tokens -= 1.0;
+        if l.new_per_ip_per_min > 0 && e.tokens.take(rate, now).is_err() {
+            self.hub.stats.rate_refused += 1;
+            warn!(
+                "refused connection from {ip}: over {} new connections a minute (--max-new-per-ip)",
+                l.new_per_ip_per_min
+            );
+            return Some(ByeReason::ConnectingTooFast);
         }
         None
     }
 
+    /// New connections per address: `--max-new-per-ip` a minute, as a burst.
+    fn new_conn_rate(&self) -> Rate {
+        let burst = f64::from(self.limits.new_per_ip_per_min);
+        Rate {
+            burst,
+            per_sec: burst / 60.0,
+        }
+    }
+
     /// Forgets addresses with no connection and a full bucket.
     fn prune_per_ip(&mut self, now: Instant) {
-        let burst = f64::from(self.limits.new_per_ip_per_min);
-        self.per_ip.retain(|_, e| {
-            let tokens =
-                e.tokens + now.saturating_duration_since(e.at).as_secs_f64() * burst / 60.0;
-            e.conns > 0 || tokens < burst
-        });
+        let rate = self.new_conn_rate();
+        self.per_ip
+            .retain(|_, e| e.conns > 0 || !e.tokens.is_full(rate, now));
         self.per_ip_prune_at = (self.per_ip.len() * 2).max(1024);
     }
 

@@ -29,6 +29,7 @@ use log::{info, warn};
 use slab::Slab;
 
 use super::accounts::{self, Credential};
+use super::flood::{Rate, TokenBucket};
 use super::store::{self, Record, Recovered};
 use super::timer::{TimerHandle, TimerWheel};
 use crate::protocol::frames::{
@@ -207,14 +208,26 @@ struct ActiveState {
     peer_port: Option<u16>,
     inflight: VecDeque<Stored>,
     idle_timer: Option<TimerHandle>,
+    /// Private introductions this user may still ask for (see [`INTRO_RATE`]).
+    intros: TokenBucket,
 }
+
+/// Private introductions one user may request: each puts a token in the target's
+/// client table for 30 s, so one user asking in a loop must not crowd out the others.
+const INTRO_RATE: Rate = Rate {
+    burst: 8.0,
+    per_sec: 8.0 / 30.0,
+};
 
 #[derive(Debug)]
 enum Phase {
     /// Waiting for `HELLO`.
     Hello,
-    /// Handshake done, waiting for a successful `LOGIN`.
-    Login,
+    /// Handshake done, waiting for a successful `LOGIN` (or `USER` then `PASS`);
+    /// `user` is the account a `USER` named, whose password a `PASS` gives.
+    Login {
+        user: Option<AccountId>,
+    },
     Active(ActiveState),
     /// Closed by the hub; waiting for the loop to flush and sweep it.
     Closing,
@@ -244,8 +257,7 @@ pub struct Session<S> {
     /// Whether requests are handled now, or wait (input stays in the decoder).
     gate: Gate,
     /// Flood-control tokens (commands), refilled at `flood_rate` up to `flood_burst`.
-    tokens: f64,
-    tokens_at: Instant,
+    tokens: TokenBucket,
     /// A `LOGIN` whose password hash is being verified off the loop.
     pending_login: Option<(AccountId, Option<u16>)>,
 }
@@ -729,8 +741,7 @@ impl<S> Hub<S> {
             login_timer: None,
             hold: 0,
             gate: Gate::Open,
-            tokens: f64::from(self.cfg.flood_burst),
-            tokens_at: now,
+            tokens: TokenBucket::full(self.flood_rate(), now),
             pending_login: None,
         });
         let login = self.coarse(now + self.cfg.login_timeout);
@@ -796,6 +807,13 @@ impl<S> Hub<S> {
         std::mem::take(&mut self.verify_jobs)
     }
 
+    fn flood_rate(&self) -> Rate {
+        Rate {
+            burst: f64::from(self.cfg.flood_burst),
+            per_sec: self.cfg.flood_rate,
+        }
+    }
+
     /// Whether flood control applies to this session.
     fn flood_limited(&self, peer: &SocketAddr) -> bool {
         self.cfg.flood_burst > 0 && (self.cfg.limit_loopback || !peer.ip().is_loopback())
@@ -804,7 +822,7 @@ impl<S> Hub<S> {
     /// Takes one flood-control token for a command, or throttles the session (pausing
     /// its input until a token is back) and returns false.
     fn take_token(&mut self, key: usize, now: Instant) -> bool {
-        let (burst, rate) = (f64::from(self.cfg.flood_burst), self.cfg.flood_rate);
+        let rate = self.flood_rate();
         let Some(peer) = self.sessions.get(key).map(|s| s.peer) else {
             return false;
         };
@@ -812,14 +830,9 @@ impl<S> Hub<S> {
             return true;
         }
         let s = &mut self.sessions[key];
-        let elapsed = now.saturating_duration_since(s.tokens_at).as_secs_f64();
-        s.tokens = (s.tokens + elapsed * rate).min(burst);
-        s.tokens_at = now;
-        if s.tokens >= 1.0 {
-            s.tokens -= 1.0;
+        let Err(wait) = s.tokens.take(rate, now) else {
             return true;
-        }
-        let wait = Duration::from_secs_f64(((1.0 - s.tokens) / rate.max(0.001)).min(3600.0));
+        };
         s.gate = Gate::Throttled;
         let serial = s.serial;
         self.stats.flood_throttled += 1;
@@ -885,36 +898,33 @@ impl<S> Hub<S> {
         if s.gate != Gate::Open {
             return Flow::Pause;
         }
-        // Answers to the server (`PONG`, `ACK`) are never throttled.
-        let counted = match frame {
-            Frame::Line(l) => !(l.starts_with("PONG") || l.starts_with("ACK ")),
-            _ => true,
+        let parsed = match frame {
+            Frame::Line(line) => Some(frames::parse_request(line)),
+            Frame::TooLong | Frame::BadUtf8 => None,
         };
-        if counted && !self.take_token(key, now) {
+        // Answers to the server (`PONG`, `ACK`) are never throttled; only frames that
+        // parsed as one count as one (a line merely starting with `PONG` is a command).
+        let answer = matches!(parsed, Some(Ok(Request::Pong { .. } | Request::Ack { .. })));
+        if !answer && !self.take_token(key, now) {
             return Flow::Pause;
         }
-        self.handle_frame(key, frame, now);
-        match self.sessions.get(key) {
-            Some(s) if !s.is_closing() => Flow::Continue,
-            _ => Flow::Stop,
-        }
-    }
-
-    fn handle_frame(&mut self, key: usize, frame: Frame<'_>, now: Instant) {
-        match frame {
-            Frame::Line(line) => match frames::parse_request(line) {
-                Ok(req) => self.on_request(key, req, now),
-                Err(RequestError::UnknownVerb) => self.error(key, ErrorCode::UnknownCommand, ""),
-                Err(RequestError::BadArguments) => self.error(key, ErrorCode::BadArguments, ""),
-            },
-            Frame::TooLong => {
+        match parsed {
+            Some(Ok(req)) => self.on_request(key, req, now),
+            Some(Err(RequestError::UnknownVerb)) => self.error(key, ErrorCode::UnknownCommand, ""),
+            Some(Err(RequestError::BadArguments)) => self.error(key, ErrorCode::BadArguments, ""),
+            Some(Err(RequestError::BadText)) => self.error(key, ErrorCode::BadText, ""),
+            None if matches!(frame, Frame::TooLong) => {
                 self.stats.too_long += 1;
                 let max = self.cfg.max_line.to_string();
                 self.error(key, ErrorCode::TooLong, &max);
             }
-            Frame::BadUtf8 => self.error(key, ErrorCode::BadUtf8, ""),
+            None => self.error(key, ErrorCode::BadUtf8, ""),
         }
         self.reap_overflowed(now);
+        match self.sessions.get(key) {
+            Some(s) if !s.is_closing() => Flow::Continue,
+            _ => Flow::Stop,
+        }
     }
 
     fn on_request(&mut self, key: usize, req: Request<'_>, now: Instant) {
@@ -933,15 +943,16 @@ impl<S> Hub<S> {
         }
         let account = match (&mut s.phase, &req) {
             (Phase::Hello, Request::Hello { version })
-            | (Phase::Login, Request::Hello { version }) => {
+            | (Phase::Login { .. }, Request::Hello { version }) => {
                 if *version == PROTOCOL_VERSION {
-                    s.phase = Phase::Login;
+                    s.phase = Phase::Login { user: None };
                     let software = self.software.clone();
                     self.reply(
                         key,
                         Reply::Hello {
                             version: PROTOCOL_VERSION,
                             software: &software,
+                            ping: self.cfg.ping_interval.as_secs().max(1),
                         },
                     );
                 } else {
@@ -951,7 +962,7 @@ impl<S> Hub<S> {
             }
             (Phase::Hello, _) => return self.error(key, ErrorCode::HelloFirst, ""),
             (
-                Phase::Login,
+                Phase::Login { .. },
                 Request::Login {
                     user,
                     password,
@@ -960,8 +971,25 @@ impl<S> Hub<S> {
             ) => {
                 return self.on_login(key, user, password, *peer_port, now);
             }
-            (Phase::Login, _) => return self.error(key, ErrorCode::NotLoggedIn, ""),
-            (Phase::Active(_), Request::Hello { .. } | Request::Login { .. }) => {
+            (Phase::Login { .. }, Request::User { user }) => return self.on_user(key, user, now),
+            (
+                Phase::Login { user: Some(id) },
+                Request::Pass {
+                    password,
+                    peer_port,
+                },
+            ) => {
+                let id = *id;
+                return self.on_password(key, id, password, *peer_port, now);
+            }
+            (Phase::Login { .. }, _) => return self.error(key, ErrorCode::NotLoggedIn, ""),
+            (
+                Phase::Active(_),
+                Request::Hello { .. }
+                | Request::Login { .. }
+                | Request::User { .. }
+                | Request::Pass { .. },
+            ) => {
                 return self.error(key, ErrorCode::AlreadyLoggedIn, "");
             }
             (Phase::Active(a), _) => {
@@ -977,7 +1005,7 @@ impl<S> Hub<S> {
             Request::WhoElseSince { window } => self.on_whoelse(key, account, Some(window), now),
             Request::Block { user } => self.on_block(key, account, user, true),
             Request::Unblock { user } => self.on_block(key, account, user, false),
-            Request::Private { user } => self.on_private(key, account, user),
+            Request::Private { user } => self.on_private(key, account, user, now),
             Request::Active => self.reply(key, Reply::Ok),
             Request::Logout => {
                 self.reply(key, Reply::Bye);
@@ -987,6 +1015,8 @@ impl<S> Hub<S> {
             }
             Request::Hello { .. }
             | Request::Login { .. }
+            | Request::User { .. }
+            | Request::Pass { .. }
             | Request::Ping { .. }
             | Request::Pong { .. }
             | Request::Ack { .. } => {}
@@ -1010,6 +1040,49 @@ impl<S> Hub<S> {
             );
             return self.error(key, ErrorCode::NoSuchUser, user);
         };
+        self.on_password(key, id, password, peer_port, now);
+    }
+
+    /// `USER`: the classic dialogue checks the username before asking the password. An
+    /// unknown name may be retried; a locked-out or online account is refused and the
+    /// connection closed, as a full login would be. Never counts as a failure.
+    fn on_user(&mut self, key: usize, user: &str, now: Instant) {
+        let peer = self.sessions[key].peer;
+        let Some(&id) = self.by_name.get(user) else {
+            info!(
+                "conn {key}: unknown user {user:?} from {} at the username step",
+                peer.ip()
+            );
+            return self.error(key, ErrorCode::NoSuchUser, user);
+        };
+        if self.refuse_if_locked(key, id, peer.ip(), now) {
+            return;
+        }
+        if self.accounts[id as usize].session.is_some() {
+            info!(
+                "conn {key}: login refused from {} for user {user} (already online)",
+                peer.ip()
+            );
+            self.error(key, ErrorCode::AlreadyOnline, "");
+            return self.close(key, CloseReason::LoginFailed, now);
+        }
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.phase = Phase::Login { user: Some(id) };
+        }
+        self.reply(key, Reply::User { user });
+    }
+
+    /// Checks `password` for account `id`: at once for a plain password, on the
+    /// verifier threads for a hash.
+    fn on_password(
+        &mut self,
+        key: usize,
+        id: AccountId,
+        password: &str,
+        peer_port: Option<u16>,
+        now: Instant,
+    ) {
+        let peer = self.sessions[key].peer;
         if self.refuse_if_locked(key, id, peer.ip(), now) {
             return;
         }
@@ -1191,6 +1264,7 @@ impl<S> Hub<S> {
             peer_port,
             inflight: VecDeque::new(),
             idle_timer: Some(idle_timer),
+            intros: TokenBucket::full(INTRO_RATE, now),
         });
         self.reply(key, Reply::Welcome);
         self.pump(id);
@@ -1484,7 +1558,7 @@ impl<S> Hub<S> {
         out
     }
 
-    fn on_private(&mut self, key: usize, me: AccountId, user: &str) {
+    fn on_private(&mut self, key: usize, me: AccountId, user: &str, now: Instant) {
         let Some(target) = self.lookup(key, me, user) else {
             return;
         };
@@ -1505,6 +1579,15 @@ impl<S> Hub<S> {
         let Some(port) = port else {
             return self.error(key, ErrorCode::NoPeer, user);
         };
+        if let Some(Session {
+            phase: Phase::Active(a),
+            ..
+        }) = self.sessions.get_mut(key)
+            && a.intros.take(INTRO_RATE, now).is_err()
+        {
+            info!("conn {key}: too many private introductions, refused");
+            return self.error(key, ErrorCode::RateLimited, "");
+        }
         let token = self.new_token();
         let me_name = self.accounts[me as usize].name.clone();
         self.emit(tkey, |out| {
@@ -1628,7 +1711,7 @@ impl<S> Hub<S> {
                     return;
                 };
                 s.login_timer = None;
-                if matches!(s.phase, Phase::Hello | Phase::Login) {
+                if matches!(s.phase, Phase::Hello | Phase::Login { .. }) {
                     self.stats.login_timeouts += 1;
                     info!(
                         "conn {key}: no login within {:?}, closing",

@@ -5,10 +5,12 @@
 //! - [`store`]: the journal that makes mailboxes, blocks, history and lockouts durable;
 //! - [`timer`]: the hashed timer wheel behind every deadline;
 //! - [`accounts`]: loading `credentials.txt`, password hashes;
+//! - [`flood`]: the token bucket behind every rate limit;
 //! - [`verifier`]: the threads that check password hashes off the loop.
 
 pub mod accounts;
 pub mod event_loop;
+pub mod flood;
 pub mod hub;
 pub mod store;
 pub mod timer;

@@ -291,9 +291,13 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// Starts a client with `--quiet`: its stdout is then output lines only, one per line.
     pub fn start(server: &Server, args: &[&str], password_env: Option<&str>) -> Cli {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
-        cmd.arg("127.0.0.1").arg(server.port()).args(args);
+        cmd.arg("127.0.0.1")
+            .arg(server.port())
+            .arg("--quiet")
+            .args(args);
         match password_env {
             Some(p) => cmd.env("NATTER_PASSWORD", p),
             None => cmd.env_remove("NATTER_PASSWORD"),
@@ -422,5 +426,124 @@ impl Raw {
             "expected one of {prefixes:?}, got {got:?}"
         );
         got
+    }
+}
+
+/// A real `natter` client whose stdout is kept byte for byte (prompts included), for
+/// asserting on exactly what a script reading its pipe sees.
+pub struct PromptCli {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Set by the reader thread at the end of the output.
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: usize,
+}
+
+impl PromptCli {
+    /// Starts `natter` against `addr` with `args` (no `--quiet`).
+    pub fn start(addr: SocketAddr, args: &[&str], password_env: Option<&str>) -> PromptCli {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
+        cmd.arg(addr.ip().to_string())
+            .arg(addr.port().to_string())
+            .args(args);
+        match password_env {
+            Some(p) => cmd.env("NATTER_PASSWORD", p),
+            None => cmd.env_remove("NATTER_PASSWORD"),
+        };
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn natter");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = output.clone();
+        let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let end = ended.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            end.store(true, Ordering::SeqCst);
+        });
+        let stdin = child.stdin.take();
+        PromptCli {
+            child,
+            stdin,
+            output,
+            ended,
+            seen: 0,
+        }
+    }
+
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).expect("write stdin");
+        stdin.write_all(b"\n").expect("write stdin");
+        stdin.flush().ok();
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Everything printed so far, lossily decoded.
+    pub fn all_output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    /// Expects exactly `want` to be the next bytes printed.
+    pub fn expect_output(&mut self, want: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let out = self.output.lock().unwrap().clone();
+            let got = &out[self.seen.min(out.len())..];
+            if got.len() >= want.len() {
+                assert_eq!(
+                    String::from_utf8_lossy(&got[..want.len()]),
+                    want,
+                    "after {:?}",
+                    String::from_utf8_lossy(&out[..self.seen])
+                );
+                self.seen += want.len();
+                return;
+            }
+            assert!(
+                Instant::now() < deadline && want.as_bytes().starts_with(got),
+                "expected {want:?}, got {:?}",
+                String::from_utf8_lossy(got)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the exit; returns its code and the output not asserted on yet.
+    pub fn expect_exit(&mut self) -> (i32, String) {
+        let deadline = Instant::now() + WAIT;
+        let code = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "natter did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        wait_until("the end of natter's output", || {
+            self.ended.load(Ordering::SeqCst)
+        });
+        let out = self.output.lock().unwrap().clone();
+        let rest = String::from_utf8_lossy(&out[self.seen.min(out.len())..]).into_owned();
+        self.seen = out.len();
+        (code, rest)
+    }
+}
+
+impl Drop for PromptCli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

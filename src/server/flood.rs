@@ -1,0 +1,79 @@
+//! One token bucket type for every rate limit of the server: commands per connection
+//! (flood control), private introductions per user, and new connections per address.
+//!
+//! A bucket holds up to `burst` tokens and gains `rate` tokens a second; an action
+//! takes one. Time is passed in, so tests drive it without sleeping.
+
+use std::time::{Duration, Instant};
+
+/// A bucket's limits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Most tokens held (the burst allowed after a quiet spell).
+    pub burst: f64,
+    /// Tokens gained per second.
+    pub per_sec: f64,
+}
+
+/// Tokens left and when they were last counted.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn full(rate: Rate, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: rate.burst,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, rate: Rate, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate.per_sec).min(rate.burst);
+        self.at = now;
+    }
+
+    /// Takes a token, or says how long until one is back.
+    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+        self.refill(rate, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = (1.0 - self.tokens) / rate.per_sec.max(0.001);
+        Err(Duration::from_secs_f64(wait.min(3600.0)))
+    }
+
+    /// Whether the bucket would be full at `now` (nothing to remember about it).
+    pub fn is_full(&self, rate: Rate, now: Instant) -> bool {
+        let mut b = *self;
+        b.refill(rate, now);
+        b.tokens >= rate.burst
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_rate() {
+        let t0 = Instant::now();
+        let rate = Rate {
+            burst: 3.0,
+            per_sec: 2.0,
+        };
+        let mut b = TokenBucket::full(rate, t0);
+        for _ in 0..3 {
+            assert_eq!(b.take(rate, t0), Ok(()));
+        }
+        assert_eq!(b.take(rate, t0), Err(Duration::from_millis(500)));
+        assert!(!b.is_full(rate, t0));
+        assert_eq!(b.take(rate, t0 + Duration::from_millis(500)), Ok(()));
+        assert!(b.is_full(rate, t0 + Duration::from_secs(10)));
+    }
+}
