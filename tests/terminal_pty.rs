@@ -4,104 +4,15 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-
+use common::pty::Pty;
 use common::{Server, wait_until};
-use nix::pty::{Winsize, openpty};
 use nix::sys::termios::{LocalFlags, tcgetattr};
-
-struct Pty {
-    child: std::process::Child,
-    writer: File,
-    output: Arc<Mutex<Vec<u8>>>,
-    slave: std::os::fd::OwnedFd,
-}
-
-impl Pty {
-    fn spawn(server: &Server) -> Pty {
-        let ws = Winsize {
-            ws_row: 24,
-            ws_col: 100,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = openpty(Some(&ws), None).expect("openpty");
-        let child = Command::new(env!("CARGO_BIN_EXE_natter"))
-            .arg("127.0.0.1")
-            .arg(server.port())
-            .env_remove("NATTER_PASSWORD")
-            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-            .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
-            .spawn()
-            .expect("spawn natter");
-        let master = File::from(pty.master);
-        let writer = master.try_clone().unwrap();
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let sink = output.clone();
-        std::thread::spawn(move || {
-            let mut master = master;
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = master.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Pty {
-            child,
-            writer,
-            output,
-            slave: pty.slave,
-        }
-    }
-
-    fn keys(&mut self, bytes: &[u8]) {
-        self.writer.write_all(bytes).unwrap();
-    }
-
-    fn screen(&self) -> vt100::Parser {
-        let n = |v: u16| std::num::NonZero::new(v).expect("non-zero");
-        let mut p = vt100::Parser::new(n(24), n(100), 0);
-        p.process(&self.output.lock().unwrap());
-        p
-    }
-
-    fn raw_output(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
-    }
-
-    fn rows(&self) -> Vec<String> {
-        let p = self.screen();
-        p.screen()
-            .rows(0, 100)
-            .map(|r| r.trim_end().to_string())
-            .collect()
-    }
-
-    /// The row the cursor is on.
-    fn cursor_row(&self) -> String {
-        let p = self.screen();
-        let (row, _) = p.screen().cursor_position();
-        self.rows()[row as usize].clone()
-    }
-
-    fn wait_for(&self, text: &str) {
-        wait_until(&format!("screen to show {text:?}"), || {
-            self.rows().iter().any(|r| r.contains(text))
-        });
-    }
-}
 
 #[test]
 fn interactive_session_on_a_pty() {
     let s = Server::start(&["0"]);
     let mut yoda = s.login("yoda", "wise@!man");
-    let mut t = Pty::spawn(&s);
+    let mut t = Pty::spawn(s.addr, &[]);
     t.wait_for("Username:");
     t.keys(b"hans\r");
     t.wait_for("Password:");

@@ -27,6 +27,9 @@ struct Args {
     /// Print no prompts (`Username: `, `Password: `, `> `): output lines only, for scripts.
     #[arg(long, short)]
     quiet: bool,
+    /// How long connecting and the server's handshake may take (seconds or a span: `10s`).
+    #[arg(long, default_value = "10s", value_parser = natter::units::parse_duration)]
+    connect_timeout: std::time::Duration,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         user: args.user,
         password: std::env::var("NATTER_PASSWORD").ok(),
         quiet: args.quiet,
+        connect_timeout: args.connect_timeout,
     };
     match client::run(cfg) {
         Ok(code) => ExitCode::from(code),

@@ -56,8 +56,6 @@ const PEER_MAX_QUEUED: usize = 1 << 20;
 const MAX_PENDING_PEERS: usize = 32;
 /// How long `logout` waits for the server's goodbye.
 const LOGOUT_WAIT: Duration = Duration::from_secs(2);
-/// How long the server may take to answer the handshake.
-const HELLO_WAIT: Duration = Duration::from_secs(10);
 /// The server's liveness interval when its handshake does not say (natterd's default).
 const DEFAULT_PING: Duration = Duration::from_secs(30);
 /// Output queued for the server before the client gives up on it: a server that
@@ -75,6 +73,8 @@ pub struct ClientConfig {
     pub password: Option<String>,
     /// Leave every prompt out (scripts that want only output lines).
     pub quiet: bool,
+    /// How long connecting and the server's answer to the handshake may take.
+    pub connect_timeout: Duration,
 }
 
 /// Why the client could not start.
@@ -264,7 +264,7 @@ struct App {
 
 /// Connects, runs the session to its end, and returns the exit code.
 pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
-    let std_stream = std::net::TcpStream::connect_timeout(&cfg.server, Duration::from_secs(5))
+    let std_stream = std::net::TcpStream::connect_timeout(&cfg.server, cfg.connect_timeout)
         .map_err(|e| ClientError::Connect(cfg.server, e))?;
     std_stream.set_nodelay(true).map_err(ClientError::Setup)?;
     std_stream
@@ -351,9 +351,9 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
         last_msg_id: 0,
         ack_due: None,
         pong_due: None,
-        // Until the handshake is answered, the server gets `HELLO_WAIT`.
+        // Until the handshake is answered, the server gets the connect timeout.
         server_rx: now,
-        server_silence: HELLO_WAIT,
+        server_silence: cfg.connect_timeout,
         known_users: BTreeSet::new(),
         listener,
         peers: Slab::new(),
@@ -448,10 +448,6 @@ impl App {
     }
 
     fn render(&mut self) {
-        let more_input = !self.stdin_eof || !self.input.is_empty();
-        if self.exit.is_none() && more_input && self.ready_for_line() {
-            self.show_prompt();
-        }
         if self.interactive && self.redraw && self.exit.is_none() {
             self.editor.secret = matches!(self.stage, Stage::AskPassword(_));
             let mut s = std::mem::take(&mut self.screen);
@@ -638,14 +634,15 @@ impl App {
 
     fn process_input(&mut self) {
         while self.ready_for_line() && self.exit.is_none() {
+            // The classic client prints the prompt before reading each line (and so
+            // before it finds the end of the input).
+            self.show_prompt();
             if self.input.is_empty() {
                 if self.stdin_eof {
                     self.begin_logout(Instant::now());
                 }
                 return;
             }
-            // The classic client prints the prompt before reading each line.
-            self.show_prompt();
             let Some(typed) = self.input.pop_front() else {
                 return;
             };
@@ -794,12 +791,12 @@ impl App {
         match (pending, reply) {
             (Pending::Hello, Reply::Hello { ping, .. }) => {
                 // The server pings a silent client every `ping` seconds, so two missed
-                // intervals mean it is gone.
+                // intervals (and a little slack) mean it is gone.
                 let ping = match ping {
                     0 => DEFAULT_PING,
                     s => Duration::from_secs(s.min(86_400)),
                 };
-                self.server_silence = ping * 2 + Duration::from_secs(5);
+                self.server_silence = ping * 2 + ping.min(Duration::from_secs(5));
             }
             (Pending::User, Reply::User { .. }) => {
                 if let Stage::CheckingUser(user) = &self.stage {

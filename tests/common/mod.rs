@@ -5,6 +5,8 @@
 //! sleeps for a fixed time to "let things settle".
 #![allow(dead_code)]
 
+pub mod pty;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -545,5 +547,62 @@ impl Drop for PromptCli {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A scripted stand-in for natterd (or a peer), for what the real server never does:
+/// the test accepts the client's connection and answers line by line.
+pub struct FakeServer {
+    pub listener: std::net::TcpListener,
+}
+
+impl FakeServer {
+    pub fn bind() -> FakeServer {
+        FakeServer {
+            listener: std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake server"),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("local addr")
+    }
+
+    /// Accepts the client's connection.
+    pub fn accept(&self) -> Raw {
+        self.listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).expect("blocking stream");
+                    return Raw::from_stream(stream);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "the client did not connect");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+
+    /// Accepts the client and plays natterd's side of a login as `user` (the client
+    /// runs with `--user user` and a password in the environment); returns the
+    /// connection and the peer port the client reported.
+    pub fn accept_login(&self, user: &str) -> (Raw, Option<u16>) {
+        let mut c = self.accept();
+        assert_eq!(c.next_line(), "HELLO 1");
+        assert_eq!(c.next_line(), format!("USER {user}"));
+        c.send("+HELLO 1 fake/1 30");
+        c.send(&format!("+USER {user}"));
+        let pass = c.next_line();
+        let port = pass
+            .strip_prefix("PASS ")
+            .and_then(|rest| rest.split(' ').nth(1))
+            .and_then(|p| p.parse().ok());
+        c.send("+WELCOME");
+        (c, port)
     }
 }
