@@ -115,7 +115,9 @@ fn every_path_is_escaped_on_a_pipe() {
     let (code, rest) = c.expect_exit();
     assert_eq!((code, rest.as_str()), (1, ""));
     let all = c.all_output();
-    for bad in ['\x1b', '\x07', '\r', '\u{9b}', '\u{202e}', '\u{2028}', '\t', '\x7f'] {
+    for bad in [
+        '\x1b', '\x07', '\r', '\u{9b}', '\u{202e}', '\u{2028}', '\t', '\x7f',
+    ] {
         assert!(!all.contains(bad), "{bad:?} reached the pipe");
     }
 }
@@ -162,7 +164,10 @@ fn every_path_is_escaped_on_a_terminal() {
     p.process(raw.as_bytes());
     let screen = p.screen();
     assert!(!screen.hide_cursor(), "cursor hidden");
-    assert!(!screen.alternate_screen(), "switched to the alternate screen");
+    assert!(
+        !screen.alternate_screen(),
+        "switched to the alternate screen"
+    );
     assert!(p.callbacks().titles.is_empty(), "title set");
     assert!(p.callbacks().clipboard.is_empty(), "clipboard written");
     // The only escape sequences are the client's own: erase line, cursor left.

@@ -163,13 +163,17 @@ fn pty_login_table() {
     t.wait_for("Username:");
     t.keys(b"bob\r");
     t.wait_for(INVALID_USERNAME);
-    wait_until("the username prompt again", || t.cursor_row() == "Username:");
+    wait_until("the username prompt again", || {
+        t.cursor_row() == "Username:"
+    });
     assert!(!t.rows().iter().any(|r| r.starts_with("Password:")));
     t.keys(b"hans\r");
     wait_until("the password prompt", || t.cursor_row() == "Password:");
     t.keys(b"wrong\r");
     t.wait_for(INVALID_PASSWORD);
-    wait_until("the password prompt again", || t.cursor_row() == "Password:");
+    wait_until("the password prompt again", || {
+        t.cursor_row() == "Password:"
+    });
     t.keys(b"falcon*solo\r");
     t.wait_for(WELCOME);
     wait_until("the command prompt", || t.cursor_row() == ">");

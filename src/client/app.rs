@@ -42,6 +42,8 @@ const SIGNALS: Token = Token(2);
 const LISTENER: Token = Token(3);
 const PEER_BASE: usize = 16;
 
+/// Bytes read from one connection before the others (and the terminal) get a turn.
+const READ_BUDGET: usize = 64 * 1024;
 /// How long a private connection may take to open.
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an inbound peer connection may stay silent before its hello.
@@ -60,7 +62,7 @@ const LOGOUT_WAIT: Duration = Duration::from_secs(2);
 const DEFAULT_PING: Duration = Duration::from_secs(30);
 /// Output queued for the server before the client gives up on it: a server that
 /// floods us (`*PING`s, say) but never reads cannot make us hold more.
-const SERVER_MAX_QUEUED: usize = 1 << 20;
+const SERVER_MAX_QUEUED: usize = 256 << 10;
 /// Introduction tokens kept per introducing user, and in all.
 const TOKENS_PER_USER: usize = 4;
 const TOKENS_MAX: usize = 1024;
@@ -130,20 +132,31 @@ impl Link {
         Ok(())
     }
 
-    /// Reads everything available; returns the complete lines and whether the stream ended.
-    fn read_lines(&mut self, buf: &mut [u8]) -> (Vec<String>, bool) {
+    /// Reads what is available, up to `READ_BUDGET` bytes; returns the complete lines
+    /// and whether the stream ended. `more` is set when the budget ran out before the
+    /// socket did: the caller must come back (readiness is edge-triggered), and a
+    /// peer that sends without pause cannot make us hold more than a budget's lines.
+    fn read_lines(&mut self, buf: &mut [u8], more: &mut bool) -> (Vec<String>, bool) {
         let mut lines = Vec::new();
+        let mut budget = READ_BUDGET;
         loop {
+            if budget == 0 {
+                *more = true;
+                return (lines, false);
+            }
             match read_step(&mut self.stream, buf) {
-                Step::Done(n) => self.decoder.feed(&buf[..n], frames::MAX_LINE, |f| {
-                    // An unreadable line becomes one no verb matches, so a handshake
-                    // fails at once while an open session just ignores it.
-                    lines.push(match f {
-                        Frame::Line(l) => l.to_string(),
-                        Frame::TooLong | Frame::BadUtf8 => "\u{0}".to_string(),
-                    });
-                    Flow::Continue
-                }),
+                Step::Done(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.decoder.feed(&buf[..n], frames::MAX_LINE, |f| {
+                        // An unreadable line becomes one no verb matches, so a handshake
+                        // fails at once while an open session just ignores it.
+                        lines.push(match f {
+                            Frame::Line(l) => l.to_string(),
+                            Frame::TooLong | Frame::BadUtf8 => "\u{0}".to_string(),
+                        });
+                        Flow::Continue
+                    })
+                }
                 Step::WouldBlock => return (lines, false),
                 Step::Closed | Step::Failed(_) => return (lines, true),
             }
@@ -185,6 +198,13 @@ impl PeerState {
             PeerState::Established { .. } => None,
         }
     }
+}
+
+/// A peer the server told us to expect (`*EXPECT`), by token.
+struct Intro {
+    user: String,
+    expires: Instant,
+    seq: u64,
 }
 
 struct Peer {
@@ -252,10 +272,14 @@ struct App {
     gone: HashSet<String>,
     /// Tokens the server introduced: token -> (user, expiry). At most
     /// `TOKENS_PER_USER` per introduced user, so one user cannot crowd out the others.
-    expected: HashMap<String, (String, Instant)>,
+    expected: HashMap<String, Intro>,
+    /// Numbers introductions in arrival order (many arrive in the same instant).
+    intro_seq: u64,
     /// The outbound private connection being set up (input waits for it).
     connecting: Option<usize>,
     logout_deadline: Option<Instant>,
+    /// Connections whose read budget ran out: read again without waiting.
+    read_again: Vec<Token>,
     exit: Option<u8>,
     buf: Box<[u8]>,
     /// Our peer-to-peer port, reported at login.
@@ -360,8 +384,10 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
         sessions: HashMap::new(),
         gone: HashSet::new(),
         expected: HashMap::new(),
+        intro_seq: 0,
         connecting: None,
         logout_deadline: None,
+        read_again: Vec::new(),
         exit: None,
         buf: vec![0u8; 64 * 1024].into_boxed_slice(),
         peer_port,
@@ -395,6 +421,13 @@ impl App {
             let now = Instant::now();
             if !self.stdin_pollable && self.wants_input() {
                 self.read_stdin();
+            }
+            for token in std::mem::take(&mut self.read_again) {
+                match token {
+                    SERVER => self.read_server(now),
+                    Token(t) if t >= PEER_BASE => self.peer_event(t - PEER_BASE, false, now),
+                    _ => {}
+                }
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -746,7 +779,11 @@ impl App {
     // ---- server -------------------------------------------------------------------
 
     fn read_server(&mut self, now: Instant) {
-        let (lines, closed) = self.server.read_lines(&mut self.buf);
+        let mut more = false;
+        let (lines, closed) = self.server.read_lines(&mut self.buf, &mut more);
+        if more {
+            self.read_again.push(SERVER);
+        }
         if !lines.is_empty() {
             self.server_rx = now;
         }
@@ -959,14 +996,14 @@ impl App {
     /// `TOKENS_PER_USER` tokens (its oldest goes first), so a user who asks for
     /// introductions in a loop only ever displaces its own.
     fn expect_token(&mut self, user: &str, token: &str, now: Instant) {
-        self.expected.retain(|_, (_, exp)| *exp > now);
-        let oldest = |e: &HashMap<String, (String, Instant)>, only: Option<&str>| {
+        self.expected.retain(|_, i| i.expires > now);
+        let oldest = |e: &HashMap<String, Intro>, only: Option<&str>| {
             e.iter()
-                .filter(|(_, (u, _))| only.is_none_or(|o| o == u))
-                .min_by_key(|(_, (_, exp))| *exp)
+                .filter(|(_, i)| only.is_none_or(|o| o == i.user))
+                .min_by_key(|(_, i)| i.seq)
                 .map(|(t, _)| t.clone())
         };
-        let mine = self.expected.values().filter(|(u, _)| u == user).count();
+        let mine = self.expected.values().filter(|i| i.user == user).count();
         let evict = if mine >= TOKENS_PER_USER {
             oldest(&self.expected, Some(user))
         } else if self.expected.len() >= TOKENS_MAX {
@@ -977,8 +1014,13 @@ impl App {
         if let Some(t) = evict {
             self.expected.remove(&t);
         }
-        self.expected
-            .insert(token.to_string(), (user.to_string(), now + TOKEN_TTL));
+        self.intro_seq += 1;
+        let intro = Intro {
+            user: user.to_string(),
+            expires: now + TOKEN_TTL,
+            seq: self.intro_seq,
+        };
+        self.expected.insert(token.to_string(), intro);
     }
 
     /// Registers a peer connection in the slab and the poll; None if registration failed.
@@ -1120,10 +1162,14 @@ impl App {
                 _ => return self.peer_lost(key),
             }
         }
+        let mut more = false;
         let (lines, closed) = match self.peers.get_mut(key) {
-            Some(p) => p.link.read_lines(&mut self.buf),
+            Some(p) => p.link.read_lines(&mut self.buf, &mut more),
             None => return,
         };
+        if more {
+            self.read_again.push(Token(PEER_BASE + key));
+        }
         for l in lines {
             self.peer_line(key, &l);
             if !self.peers.contains(key) {
@@ -1193,8 +1239,8 @@ impl App {
         let verdict = self
             .expected
             .get(token)
-            .filter(|(_, exp)| *exp > Instant::now())
-            .map(|(user, _)| user == name);
+            .filter(|i| i.expires > Instant::now())
+            .map(|i| i.user == *name);
         match verdict {
             None => {}
             Some(false) => self.drop_peer(key),
@@ -1259,7 +1305,7 @@ impl App {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.stdin_pollable && self.wants_input() {
+        if !self.read_again.is_empty() || (!self.stdin_pollable && self.wants_input()) {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();

@@ -493,6 +493,18 @@ impl PromptCli {
         self.stdin = None;
     }
 
+    /// Writes `bytes` to stdin from a thread (ignoring a closed pipe), then closes it.
+    pub fn feed_stdin(&mut self, bytes: Vec<u8>) {
+        let mut stdin = self.stdin.take().expect("stdin open");
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&bytes);
+        });
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything printed so far, lossily decoded.
     pub fn all_output(&self) -> String {
         String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
@@ -525,7 +537,11 @@ impl PromptCli {
 
     /// Waits for the exit; returns its code and the output not asserted on yet.
     pub fn expect_exit(&mut self) -> (i32, String) {
-        let deadline = Instant::now() + WAIT;
+        self.expect_exit_within(WAIT)
+    }
+
+    pub fn expect_exit_within(&mut self, wait: Duration) -> (i32, String) {
+        let deadline = Instant::now() + wait;
         let code = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status.code().unwrap_or(-1);

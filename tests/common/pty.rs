@@ -109,7 +109,6 @@ impl Pty {
     }
 }
 
-
 impl Pty {
     /// Waits for natter to exit and returns its exit code.
     pub fn wait_exit(&mut self) -> i32 {
