@@ -183,8 +183,12 @@ fn a_truncated_journal_keeps_its_valid_prefix_with_a_warning() {
     assert_eq!(s.log().matches("keeping the").count(), warnings);
 }
 
+/// Regression (issue 12): one flipped bit early in the journal dropped every record
+/// after it and the server started anyway. Damage followed by intact records now
+/// refuses to start; `journal check` says what is damaged and `journal repair` keeps
+/// every intact record.
 #[test]
-fn a_corrupted_record_stops_recovery_at_the_last_good_one() {
+fn damage_in_the_middle_refuses_to_start_and_repair_keeps_every_intact_record() {
     let mut s = Server::start(&["0"]);
     store_and_kill(&mut s, 10);
     let path = s.journal_path();
@@ -196,11 +200,42 @@ fn a_corrupted_record_stops_recovery_at_the_last_good_one() {
         .expect("m5 in the journal");
     bytes[at + 1] ^= 0x01;
     std::fs::write(&path, &bytes).expect("write");
-    s.restart();
-    assert!(s.log().contains("checksum mismatch"), "log: {}", s.log());
+
+    let (code, err) = s.restart_refused();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("checksum mismatch at byte") && err.contains("journal repair"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&path).expect("journal"), bytes, "journal touched");
+
+    let journal = |action: &str| -> common::Output {
+        s.natterd_in_dir(&["journal".into(), action.into()], &[])
+    };
+    let check = journal("check");
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    assert!(check.stdout.contains("checksum mismatch"), "{}", check.stdout);
+    assert!(
+        check.stdout.contains("after it (4 of them messages)"),
+        "{}",
+        check.stdout
+    );
+    let repair = journal("repair");
+    assert_eq!(repair.code, 0, "{}{}", repair.stdout, repair.stderr);
+    assert!(repair.stdout.contains("the original is kept as"), "{}", repair.stdout);
+    let kept = std::fs::read_dir(&s.dir.join("natter-data"))
+        .expect("data dir")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("journal.damaged-"))
+        .map(|e| std::fs::read(e.path()).expect("copy"))
+        .collect::<Vec<_>>();
+    assert_eq!(kept, vec![bytes], "the original is kept as it was");
+    assert_eq!(journal("check").code, 0);
+
+    s.start_again();
     send_end_marker(&s, "leia");
     let got = drain_until_end(&s, "leia", "princess$1", "hans");
-    let want: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    let want: Vec<String> = (0..10).filter(|&i| i != 5).map(|i| format!("m{i}")).collect();
     assert_eq!(got, want);
 }
 

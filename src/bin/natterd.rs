@@ -1,5 +1,6 @@
 //! `natterd [PORT] [BLOCK_DURATION] [TIMEOUT] [options]`: the natter server.
 //! `natterd hash-password`: prints an argon2id hash for `credentials.txt`.
+//! `natterd journal check|repair [--data-dir DIR]`: inspects or repairs a damaged journal.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -166,9 +167,94 @@ fn hash_password() -> ExitCode {
     }
 }
 
+/// `natterd journal check|repair`: what is damaged in a journal, and keeping every
+/// intact record of it.
+#[derive(Parser, Debug)]
+#[command(name = "natterd journal", about = "Check or repair natterd's journal")]
+struct JournalArgs {
+    /// `check` (report records, damage and what a start would lose) or `repair` (keep
+    /// every intact record; the original file is kept as journal.damaged-*).
+    #[arg(value_parser = ["check", "repair"])]
+    action: String,
+    /// The data directory holding the journal.
+    #[arg(long, default_value = "natter-data")]
+    data_dir: PathBuf,
+}
+
+fn journal_command() -> ExitCode {
+    use natter::server::store;
+    let args = match JournalArgs::try_parse_from(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    let path = store::journal_path(&args.data_dir);
+    let describe = |r: &store::Report| {
+        for d in &r.spans {
+            println!("damage at byte {}: {} ({} bytes)", d.offset, d.reason, d.len);
+        }
+        println!(
+            "intact records: {} before the first damage, {} after it ({} of them messages)",
+            r.records_before, r.records_after, r.messages_after
+        );
+    };
+    if args.action == "check" {
+        let report = match store::read_journal(&path).map(|b| store::check(&b)) {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => {
+                eprintln!("natterd: {}: not a natter journal", path.display());
+                return ExitCode::FAILURE;
+            }
+            Err(e) => {
+                eprintln!("natterd: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("{}", path.display());
+        describe(&report);
+        if report.spans.is_empty() {
+            println!("no damage");
+            return ExitCode::SUCCESS;
+        }
+        if report.only_torn_tail() {
+            println!(
+                "a torn tail only (a write cut short): natterd recovers it by itself, losing nothing acknowledged"
+            );
+        } else {
+            println!(
+                "natterd refuses to start on this journal: starting would lose the {} intact records after the damage; `natterd journal repair --data-dir {}` keeps them",
+                report.records_after,
+                args.data_dir.display()
+            );
+        }
+        return ExitCode::FAILURE;
+    }
+    match store::repair(&args.data_dir) {
+        Ok((report, aside)) => {
+            describe(&report);
+            let skipped: usize = report.spans.iter().map(|d| d.len).sum();
+            println!(
+                "repaired: kept {} intact records, skipped {skipped} damaged bytes in {} places; the original is kept as {}",
+                report.records_before + report.records_after,
+                report.spans.len(),
+                aside.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("natterd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("hash-password") {
-        return hash_password();
+    match std::env::args().nth(1).as_deref() {
+        Some("hash-password") => return hash_password(),
+        Some("journal") => return journal_command(),
+        _ => {}
     }
     let args: Args = match natter::cli::parse_args("natterd") {
         Ok(a) => a,

@@ -408,10 +408,6 @@ impl Server {
                 let Some(s) = self.hub.sessions.get_mut(key) else {
                     continue;
                 };
-                if s.is_held() {
-                    // Released (and marked dirty again) once its journal batch is durable.
-                    continue;
-                }
                 if !s.out.is_empty() {
                     match write_until_blocked(&mut s.io, s.out.pending()) {
                         Ok(n) => s.out.consume(n),

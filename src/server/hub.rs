@@ -252,14 +252,70 @@ pub struct Session<S> {
     ping_sent: Option<Instant>,
     live_timer: Option<TimerHandle>,
     login_timer: Option<TimerHandle>,
-    /// Journal batch this session's output waits for (0: none).
-    hold: u64,
+    /// Replies waiting for their journal batch to be durable (pushes never wait).
+    held: Held,
     /// Whether requests are handled now, or wait (input stays in the decoder).
     gate: Gate,
     /// Flood-control tokens (commands), refilled at `flood_rate` up to `flood_burst`.
     tokens: TokenBucket,
     /// A `LOGIN` whose password hash is being verified off the loop.
     pending_login: Option<(AccountId, Option<u16>)>,
+}
+
+/// Replies held until the journal batch they depend on is durable. A reply that
+/// claims durability (`+SENT`, `+BLOCKED`, ...) waits for its batch; every reply after
+/// it waits too, since replies keep request order; pushes go out meanwhile (the
+/// protocol lets them come between a request and its reply), so a session whose reply
+/// waits on a failing disk still gets its messages, presence and pings.
+#[derive(Debug, Default)]
+struct Held {
+    buf: Vec<u8>,
+    /// (batch sequence number, end of the replies in `buf` that wait for it), in order.
+    marks: VecDeque<(u64, usize)>,
+}
+
+/// Bytes of held replies past which a session's input is paused: a client that keeps
+/// sending while the disk fails cannot make the server hold more.
+const HELD_MAX: usize = 64 << 10;
+
+impl Held {
+    /// Appends a reply; `seq` is the batch it waits for, or `None` if it only waits
+    /// for the replies before it.
+    fn push(&mut self, seq: Option<u64>, f: impl FnOnce(&mut Vec<u8>)) {
+        f(&mut self.buf);
+        let end = self.buf.len();
+        match (seq, self.marks.back_mut()) {
+            (Some(seq), Some(last)) if last.0 == seq => last.1 = end,
+            (Some(seq), _) => self.marks.push_back((seq, end)),
+            (None, Some(last)) => last.1 = end,
+            (None, None) => unreachable!("a reply is held only behind a held one"),
+        }
+    }
+
+    /// Moves the replies whose batches are durable up to `seq` into `out`; returns
+    /// whether any moved.
+    fn release(&mut self, seq: u64, out: &mut OutBuf) -> bool {
+        let mut end = 0;
+        while let Some(&(s, e)) = self.marks.front() {
+            if s > seq {
+                break;
+            }
+            end = e;
+            self.marks.pop_front();
+        }
+        if end == 0 {
+            return false;
+        }
+        out.tail().extend_from_slice(&self.buf[..end]);
+        self.buf.drain(..end);
+        for m in &mut self.marks {
+            m.1 -= end;
+        }
+        if self.marks.is_empty() {
+            self.buf = Vec::new();
+        }
+        true
+    }
 }
 
 /// Whether a session's requests are handled now.
@@ -286,15 +342,16 @@ impl<S> Session<S> {
         matches!(self.phase, Phase::Closing)
     }
 
-    /// Whether output is held until a journal batch is durable.
+    /// Whether replies wait for a journal batch to be durable.
     pub fn is_held(&self) -> bool {
-        self.hold != 0
+        !self.held.marks.is_empty()
     }
 
-    /// Whether the session's input waits (verification, flood control): the loop stops
-    /// reading its socket until the hub lists it in [`Hub::take_resumed`].
+    /// Whether the session's input waits (verification, flood control, too many
+    /// replies held for the disk): the loop stops reading its socket until the hub
+    /// lists it in [`Hub::take_resumed`].
     pub fn input_paused(&self) -> bool {
-        self.gate != Gate::Open || self.decoder.is_paused()
+        self.gate != Gate::Open || self.decoder.is_paused() || self.held.buf.len() > HELD_MAX
     }
 
     /// The logged-in account, if any.
@@ -477,20 +534,22 @@ impl<S> Hub<S> {
         Some(std::mem::replace(buf, Vec::with_capacity(cap)))
     }
 
-    /// Journal batches up to `seq` are durable: release the output held for them.
+    /// Journal batches up to `seq` are durable: release the replies held for them.
     pub fn set_durable(&mut self, seq: u64) {
         let mut held = std::mem::take(&mut self.held);
         held.retain(|&(key, serial)| match self.sessions.get_mut(key) {
-            Some(s) if s.serial == serial && s.hold != 0 => {
-                if s.hold > seq {
-                    return true;
+            Some(s) if s.serial == serial && s.is_held() => {
+                let was_paused = s.input_paused();
+                if s.held.release(seq, &mut s.out) {
+                    if !s.dirty {
+                        s.dirty = true;
+                        self.dirty.push(key);
+                    }
+                    if was_paused && !s.input_paused() && !s.is_closing() {
+                        self.resumed.push((key, serial));
+                    }
                 }
-                s.hold = 0;
-                if !s.dirty {
-                    s.dirty = true;
-                    self.dirty.push(key);
-                }
-                false
+                s.is_held()
             }
             _ => false,
         });
@@ -502,17 +561,24 @@ impl<S> Hub<S> {
         self.store_ok = ok;
     }
 
-    /// Holds session `key`'s output until the current journal batch is durable.
-    fn hold(&mut self, key: usize) {
-        if self.journal.is_none() {
+    /// Queues a reply: straight to the output, unless it must wait for the journal
+    /// (`durable`: it claims a change the current batch stores) or earlier replies
+    /// wait (replies keep request order).
+    fn emit_reply(&mut self, key: usize, durable: bool, f: impl FnOnce(&mut Vec<u8>)) {
+        let seq = (durable && self.journal.is_some()).then_some(self.batch_seq);
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.is_closing() {
             return;
         }
-        if let Some(s) = self.sessions.get_mut(key) {
-            if s.hold == 0 {
-                self.held.push((key, s.serial));
-            }
-            s.hold = self.batch_seq;
+        if seq.is_none() && !s.is_held() {
+            return self.emit(key, f);
         }
+        if !s.is_held() {
+            self.held.push((key, s.serial));
+        }
+        s.held.push(seq, f);
     }
 
     /// Puts a closed session back on the closing list (its output is still held).
@@ -739,7 +805,7 @@ impl<S> Hub<S> {
             ping_sent: None,
             live_timer: None,
             login_timer: None,
-            hold: 0,
+            held: Held::default(),
             gate: Gate::Open,
             tokens: TokenBucket::full(self.flood_rate(), now),
             pending_login: None,
@@ -865,11 +931,16 @@ impl<S> Hub<S> {
     }
 
     fn reply(&mut self, key: usize, r: Reply<'_>) {
-        self.emit(key, |out| r.encode(out));
+        self.emit_reply(key, false, |out| r.encode(out));
+    }
+
+    /// A reply that claims a change is stored: sent once the current batch is durable.
+    fn reply_durable(&mut self, key: usize, r: Reply<'_>) {
+        self.emit_reply(key, true, |out| r.encode(out));
     }
 
     fn error(&mut self, key: usize, code: ErrorCode, arg: &str) {
-        self.emit(key, |out| frames::encode_error(out, code, arg));
+        self.emit_reply(key, false, |out| frames::encode_error(out, code, arg));
     }
 
     /// Closes sessions that overflowed their output queue.
@@ -1008,10 +1079,10 @@ impl<S> Hub<S> {
             Request::Private { user } => self.on_private(key, account, user, now),
             Request::Active => self.reply(key, Reply::Ok),
             Request::Logout => {
-                self.reply(key, Reply::Bye);
+                // `+BYE` goes out once the logout (login history, journaled by the
+                // close into this same batch) is stored.
+                self.reply_durable(key, Reply::Bye);
                 self.close(key, CloseReason::Logout, now);
-                // `+BYE` goes out once the logout (login history) is stored.
-                self.hold(key);
             }
             Request::Hello { .. }
             | Request::Login { .. }
@@ -1208,8 +1279,9 @@ impl<S> Hub<S> {
                     },
                 );
                 // Told only once the lockout is stored: it must survive a restart.
-                self.hold(key);
-                self.error(key, ErrorCode::LockedNow, "");
+                self.emit_reply(key, true, |out| {
+                    frames::encode_error(out, ErrorCode::LockedNow, "")
+                });
                 return self.close(key, CloseReason::LoginFailed, now);
             }
             if scope_ip.is_some() {
@@ -1419,8 +1491,7 @@ impl<S> Hub<S> {
                 );
             }
             self.stats.direct_delivered += 1;
-            self.hold(key);
-            return self.reply(key, Reply::Sent { to, stored: false });
+            return self.reply_durable(key, Reply::Sent { to, stored: false });
         }
         if t.mailbox.len() >= self.cfg.mailbox_max_messages
             || t.mailbox_bytes + text.len() > self.cfg.mailbox_max_bytes
@@ -1443,8 +1514,7 @@ impl<S> Hub<S> {
         };
         log_rec(&mut self.journal, rec);
         self.stats.stored += 1;
-        self.hold(key);
-        self.reply(
+        self.reply_durable(
             key,
             Reply::Sent {
                 to,
@@ -1521,7 +1591,7 @@ impl<S> Hub<S> {
         names.sort_unstable();
         let mut line = Vec::new();
         frames::encode_list(&mut line, "+USERS", names);
-        self.emit(key, |out| out.extend_from_slice(&line));
+        self.emit_reply(key, false, |out| out.extend_from_slice(&line));
     }
 
     fn on_block(&mut self, key: usize, me: AccountId, user: &str, block: bool) {
@@ -1531,15 +1601,14 @@ impl<S> Hub<S> {
         let Account { blocks, name, .. } = &mut self.accounts[me as usize];
         let (who, whom) = (&**name, user);
         if block {
-            if blocks.insert(target) {
+            let changed = blocks.insert(target);
+            if changed {
                 log_rec(&mut self.journal, Record::Block { who, whom });
-                self.hold(key);
             }
-            self.reply(key, Reply::Blocked { user });
+            self.emit_reply(key, changed, |out| Reply::Blocked { user }.encode(out));
         } else if blocks.remove(&target) {
             log_rec(&mut self.journal, Record::Unblock { who, whom });
-            self.hold(key);
-            self.reply(key, Reply::Unblocked { user });
+            self.reply_durable(key, Reply::Unblocked { user });
         } else {
             self.error(key, ErrorCode::NotBlocked, user);
         }

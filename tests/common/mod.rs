@@ -109,6 +109,60 @@ impl Server {
         self.addr = addr;
     }
 
+    /// Kills the server and runs `natterd` again in its directory with its arguments,
+    /// expecting it to refuse to start: returns its exit code and stderr.
+    pub fn restart_refused(&mut self) -> (i32, String) {
+        self.kill9();
+        let out = self.natterd_in_dir(&self.args.clone(), &[]);
+        assert!(
+            !out.stdout.contains("listening"),
+            "natterd started: {}",
+            out.stderr
+        );
+        (out.code, out.stderr)
+    }
+
+    /// Starts the server again (after [`Server::kill9`] or a refused start).
+    pub fn start_again(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, addr) = Server::spawn(&self.dir, &self.args);
+        self.child = child;
+        self.addr = addr;
+    }
+
+    /// Runs `natterd <args>` to completion in the server's directory (a subcommand such
+    /// as `journal check`, or a start expected to fail), with `prefix` as a wrapper
+    /// command if given; the server's usual `--bind`/`--credentials` are added only to
+    /// a server start.
+    pub fn natterd_in_dir(&self, args: &[String], prefix: &[&str]) -> Output {
+        let bin = env!("CARGO_BIN_EXE_natterd");
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(args);
+        if args.first().is_none_or(|a| a != "journal") {
+            cmd.arg("--bind")
+                .arg("127.0.0.1")
+                .arg("--credentials")
+                .arg(self.dir.join("credentials.txt"));
+        }
+        let child = cmd
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn natterd");
+        let out = wait_with_timeout(child);
+        out
+    }
+
     /// Everything the server (and its earlier runs) wrote to stderr.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("natterd.log")).unwrap_or_default()
@@ -398,6 +452,46 @@ impl Drop for Cli {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a finished process printed.
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Waits (up to 10 s) for a child with piped stdout and stderr to finish.
+pub fn wait_with_timeout(mut child: Child) -> Output {
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output {
+        code,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }
 

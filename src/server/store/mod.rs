@@ -20,7 +20,7 @@ pub mod record;
 pub mod recover;
 mod writer;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +31,7 @@ use log::warn;
 use nix::fcntl::{Flock, FlockArg};
 
 pub use record::Record;
-pub use recover::{Message, Recovered, UserState};
+pub use recover::{DamagedSpan, Message, Recovered, Report, UserState, check};
 
 /// When the writer forces written records to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,17 @@ pub enum StoreError {
     /// Another process holds the data directory.
     Locked(PathBuf),
     NotAJournal(PathBuf),
+    /// Damage followed by intact records: starting would silently drop them.
+    Corrupt {
+        path: PathBuf,
+        offset: usize,
+        reason: record::Damage,
+        /// Intact records after the damage.
+        after: u64,
+    },
+    /// A damaged copy but no journal: an earlier start was cut off while setting the
+    /// damaged journal aside (versions before 0.2 did that before writing the new one).
+    DamagedCopyOnly { dir: PathBuf, copy: PathBuf },
 }
 
 impl std::fmt::Display for StoreError {
@@ -83,6 +94,32 @@ impl std::fmt::Display for StoreError {
                 "{}: not a natter journal (refusing to overwrite it)",
                 p.display()
             ),
+            StoreError::Corrupt {
+                path,
+                offset,
+                reason,
+                after,
+            } => write!(
+                f,
+                "{}: {reason} at byte {offset}, followed by {after} intact records; refusing to \
+                 start, which would drop them. Run `natterd journal check --data-dir {}` to \
+                 see what is damaged, then `natterd journal repair --data-dir {}` to keep \
+                 every intact record (the original file is kept)",
+                path.display(),
+                dir_of(path).display(),
+                dir_of(path).display()
+            ),
+            StoreError::DamagedCopyOnly { dir, copy } => write!(
+                f,
+                "{}: no journal, but a damaged copy {} is there: an earlier start was cut \
+                 off. Refusing to start empty. Put the copy back (`mv {} {}`) and start \
+                 again (run `natterd journal check` on it first), or remove the copy to \
+                 start with no stored state",
+                dir.display(),
+                copy.display(),
+                copy.display(),
+                dir.join(JOURNAL).display()
+            ),
         }
     }
 }
@@ -91,7 +128,48 @@ impl std::error::Error for StoreError {}
 
 const JOURNAL: &str = "journal";
 const JOURNAL_TMP: &str = "journal.tmp";
-const LOCK: &str = "lock";
+const DAMAGED: &str = "journal.damaged-";
+
+/// The directory a journal file is in.
+fn dir_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
+}
+
+/// Damaged copies set aside in `dir`, newest last.
+fn damaged_copies(dir: &Path) -> Vec<PathBuf> {
+    let mut copies: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(DAMAGED))
+        })
+        .collect();
+    copies.sort();
+    copies
+}
+
+/// Reads a whole journal file (empty if it does not exist).
+pub fn read_journal(path: &Path) -> Result<Vec<u8>, StoreError> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes)
+                .map_err(|e| StoreError::Io(path.to_path_buf(), e))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::Io(path.to_path_buf(), e)),
+    }
+    Ok(bytes)
+}
+
+/// The journal file of a data directory.
+pub fn journal_path(dir: &Path) -> PathBuf {
+    dir.join(JOURNAL)
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> u64 {
@@ -102,49 +180,51 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 /// An opened, locked data directory and what its journal held.
 pub struct DataDir {
     path: PathBuf,
+    /// An exclusive `flock` on the directory itself: a lock file could be deleted
+    /// under a running server, letting a second one open the same journal.
     _lock: Flock<File>,
     /// Set when the journal was damaged: it is moved aside before the first rewrite.
     damaged: bool,
 }
 
 impl DataDir {
-    /// Creates (if needed) and locks the directory, then replays its journal. A damaged
-    /// tail is reported through the log and dropped; the damaged file is kept aside.
+    /// Creates (if needed) and locks the directory, then replays its journal. A torn
+    /// tail (a crash mid-write) is reported through the log and dropped (the damaged
+    /// file is kept aside once its replacement is safely written); damage followed by
+    /// intact records refuses to start, as does a damaged copy without a journal.
     pub fn open(path: &Path) -> Result<(DataDir, Recovered), StoreError> {
-        let io_err = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| StoreError::Io(p, e)
-        };
-        fs::create_dir_all(path).map_err(io_err(path))?;
-        let lock_path = path.join(LOCK);
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock)
-            .map_err(|_| StoreError::Locked(path.to_path_buf()))?;
+        let lock = DataDir::lock(path)?;
         let journal = path.join(JOURNAL);
-        let mut bytes = Vec::new();
-        match File::open(&journal) {
-            Ok(mut f) => {
-                f.read_to_end(&mut bytes).map_err(io_err(&journal))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::Io(journal, e)),
+        let bytes = read_journal(&journal)?;
+        if bytes.is_empty()
+            && !journal.exists()
+            && let Some(copy) = damaged_copies(path).pop()
+        {
+            return Err(StoreError::DamagedCopyOnly {
+                dir: path.to_path_buf(),
+                copy,
+            });
         }
         let replay =
             recover::replay(&bytes).map_err(|_| StoreError::NotAJournal(journal.clone()))?;
+        if let (Some(reason), Some(_)) = (&replay.damage, replay.resumes_at) {
+            let after = recover::check(&bytes).map_or(0, |r| r.records_after);
+            return Err(StoreError::Corrupt {
+                path: journal,
+                offset: replay.valid,
+                reason: reason.clone(),
+                after,
+            });
+        }
         let damaged = replay.damage.is_some();
         if let Some(d) = &replay.damage {
             warn!(
-                "{}: {d} at byte {}; keeping the {} valid records before it and dropping the last {} bytes (the damaged file is kept as {}.damaged-*)",
+                "{}: torn tail ({d}) at byte {}; keeping the {} valid records before it and dropping the last {} bytes (the damaged file is kept as {}*)",
                 journal.display(),
                 replay.valid,
                 replay.state.records,
                 bytes.len() - replay.valid,
-                JOURNAL
+                DAMAGED
             );
         }
         Ok((
@@ -156,18 +236,83 @@ impl DataDir {
             replay.state,
         ))
     }
+
+    /// Creates the directory if needed and takes an exclusive lock on it (the
+    /// directory itself, which cannot be removed while it holds the journal).
+    pub fn lock(path: &Path) -> Result<Flock<File>, StoreError> {
+        let io_err = |e| StoreError::Io(path.to_path_buf(), e);
+        fs::create_dir_all(path).map_err(io_err)?;
+        let dir = File::open(path).map_err(io_err)?;
+        Flock::lock(dir, FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::Locked(path.to_path_buf()))
+    }
+}
+
+/// `natterd journal repair`: writes every intact record of the journal as the new
+/// journal, keeping the original as `journal.damaged-<time>`. The new file is complete
+/// and synced before the rename, so a failure at any point leaves the original in place.
+pub fn repair(dir: &Path) -> Result<(Report, PathBuf), StoreError> {
+    let _lock = DataDir::lock(dir)?;
+    let journal = dir.join(JOURNAL);
+    let bytes = read_journal(&journal)?;
+    let report = recover::check(&bytes).map_err(|_| StoreError::NotAJournal(journal.clone()))?;
+    let aside = set_aside_name(dir);
+    let io = |e| StoreError::Io(journal.clone(), e);
+    write_tmp(dir, &report.repaired).map_err(io)?;
+    fs::hard_link(&journal, &aside).map_err(io)?;
+    commit_tmp(dir).map_err(io)?;
+    Ok((report, aside))
+}
+
+/// A fresh name for a damaged journal set aside.
+fn set_aside_name(dir: &Path) -> PathBuf {
+    let secs = unix_ms(SystemTime::now()) / 1000;
+    let mut n = 0;
+    loop {
+        let name = match n {
+            0 => format!("{DAMAGED}{secs}"),
+            n => format!("{DAMAGED}{secs}-{n}"),
+        };
+        let p = dir.join(name);
+        if !p.exists() {
+            return p;
+        }
+        n += 1;
+    }
+}
+
+/// Writes a complete journal file (`bytes`, magic included) as `journal.tmp`, synced.
+/// The journal itself is not touched: a failure (a full disk) leaves it as it was.
+fn write_tmp(dir: &Path, bytes: &[u8]) -> io::Result<File> {
+    let tmp = dir.join(JOURNAL_TMP);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        Ok(f)
+    })();
+    if result.is_err() {
+        // Give the space back; the journal is intact.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Renames the synced `journal.tmp` over the journal and syncs the directory.
+fn commit_tmp(dir: &Path) -> io::Result<()> {
+    fs::rename(dir.join(JOURNAL_TMP), dir.join(JOURNAL))?;
+    File::open(dir)?.sync_all()
 }
 
 /// Writes `snapshot` (records, without the magic) as the new journal: to a temporary
-/// file, synced, then renamed over the old one, and the directory synced.
+/// file, synced, then renamed over the old one, and the directory synced. The old
+/// journal stays complete until the new one is.
 fn write_snapshot(dir: &Path, snapshot: &[u8]) -> io::Result<File> {
-    let tmp = dir.join(JOURNAL_TMP);
-    let mut f = File::create(&tmp)?;
-    f.write_all(record::MAGIC)?;
-    f.write_all(snapshot)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(JOURNAL))?;
-    File::open(dir)?.sync_all()?;
+    let mut bytes = Vec::with_capacity(record::MAGIC.len() + snapshot.len());
+    bytes.extend_from_slice(record::MAGIC);
+    bytes.extend_from_slice(snapshot);
+    let f = write_tmp(dir, &bytes)?;
+    commit_tmp(dir)?;
     Ok(f)
 }
 
@@ -195,13 +340,20 @@ impl Journal {
         compact_min: u64,
         waker: Arc<mio::Waker>,
     ) -> Result<Journal, StoreError> {
+        // Never touch the last good copy before its replacement is complete and
+        // durable: write and sync `journal.tmp`, keep the damaged file as a second name
+        // (a hard link), then rename over the journal and sync the directory. A full
+        // disk at any step fails the start with the journal as it was.
         let journal = dir.path.join(JOURNAL);
+        let io = |e| StoreError::Io(journal.clone(), e);
+        let mut bytes = Vec::with_capacity(record::MAGIC.len() + snapshot.len());
+        bytes.extend_from_slice(record::MAGIC);
+        bytes.extend_from_slice(snapshot);
+        let file = write_tmp(&dir.path, &bytes).map_err(io)?;
         if dir.damaged {
-            let secs = unix_ms(SystemTime::now()) / 1000;
-            let aside = dir.path.join(format!("{JOURNAL}.damaged-{secs}"));
-            fs::rename(&journal, &aside).map_err(|e| StoreError::Io(journal.clone(), e))?;
+            fs::hard_link(&journal, set_aside_name(&dir.path)).map_err(io)?;
         }
-        let file = write_snapshot(&dir.path, snapshot).map_err(|e| StoreError::Io(journal, e))?;
+        commit_tmp(&dir.path).map_err(io)?;
         let len = (record::MAGIC.len() + snapshot.len()) as u64;
         Ok(Journal {
             writer: writer::Handle::spawn(file, dir, policy, waker),

@@ -90,6 +90,20 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
 }
 
 impl Record<'_> {
+    /// What the record is, for reports ("messages", "acks", ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Meta { .. } => "meta records",
+            Record::Msg { .. } => "messages",
+            Record::Ack { .. } => "acks",
+            Record::Block { .. } => "blocks",
+            Record::Unblock { .. } => "unblocks",
+            Record::Login { .. } => "logins",
+            Record::Logout { .. } => "logouts",
+            Record::Lock { .. } | Record::LockIp { .. } => "lockouts",
+        }
+    }
+
     /// Appends this record as one frame.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
@@ -274,9 +288,60 @@ pub fn decode_frames<'a>(buf: &'a [u8], mut f: impl FnMut(Record<'a>)) -> (usize
     (pos, None)
 }
 
+/// The frame that starts at `pos`, if one does: complete, checksum right, payload a
+/// record this version knows. Returns the record and where the next frame starts.
+pub fn frame_at(buf: &[u8], pos: usize) -> Option<(Record<'_>, usize)> {
+    let header = buf.get(pos..)?.first_chunk::<HEADER>()?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > MAX_PAYLOAD {
+        return None;
+    }
+    let start = pos + HEADER;
+    let payload = buf.get(start..start + len)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    Some((parse_payload(payload)?, start + len))
+}
+
+/// The first offset after `pos` where an intact frame starts, if any: how damage in
+/// the middle of a journal (valid records after it) is told from a torn tail (nothing
+/// valid after it). A false match needs a 32-bit checksum and a well-formed payload to
+/// line up by chance.
+pub fn resync(buf: &[u8], pos: usize) -> Option<usize> {
+    (pos + 1..buf.len().saturating_sub(HEADER - 1)).find(|&p| frame_at(buf, p).is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resync_finds_the_next_intact_frame() {
+        let mut buf = Vec::new();
+        let mut ends = vec![0];
+        for r in all() {
+            r.encode(&mut buf);
+            ends.push(buf.len());
+        }
+        // Damage inside the second frame: the third one is found again.
+        let mut bad = buf.clone();
+        bad[ends[1] + HEADER + 1] ^= 0x01;
+        let (n, damage) = decode_frames(&bad, |_| {});
+        assert_eq!((n, damage), (ends[1], Some(Damage::BadChecksum)));
+        assert_eq!(resync(&bad, n), Some(ends[2]));
+        // A torn tail: nothing valid after it.
+        let torn = &buf[..buf.len() - 2];
+        let (n, _) = decode_frames(torn, |_| {});
+        assert_eq!(resync(torn, n), None);
+        // Zeros after a crash (a file extended but never written) are no frame either.
+        let mut zeros = buf.clone();
+        zeros.extend_from_slice(&[0; 64]);
+        let (n, damage) = decode_frames(&zeros, |_| {});
+        assert_eq!((n, damage), (buf.len(), Some(Damage::BadRecord)));
+        assert_eq!(resync(&zeros, n), None);
+    }
 
     fn all() -> Vec<Record<'static>> {
         vec![

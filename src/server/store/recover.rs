@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
-use super::record::{Damage, MAGIC, Record, decode_frames};
+use super::record::{Damage, MAGIC, Record, decode_frames, frame_at, resync};
 
 /// A message that was accepted and not yet acknowledged by its recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,85 @@ pub struct Replay {
     pub valid: usize,
     /// Why the rest, if any, was ignored.
     pub damage: Option<Damage>,
+    /// Where intact records start again after the damage (file offset): set, the
+    /// damage is in the middle of the journal, not a torn tail.
+    pub resumes_at: Option<usize>,
+}
+
+/// One stretch of a journal that holds no intact record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedSpan {
+    /// File offset and length of the stretch.
+    pub offset: usize,
+    pub len: usize,
+    pub reason: Damage,
+}
+
+/// What `natterd journal check` finds, and what `repair` keeps.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Intact records before the first damage (what a start would keep).
+    pub records_before: u64,
+    /// Intact records after the first damage (what a start would lose).
+    pub records_after: u64,
+    /// Of those after the damage: direct messages (and, of those, how many were
+    /// still unacknowledged when the file ended).
+    pub messages_after: u64,
+    pub spans: Vec<DamagedSpan>,
+    /// Every intact record, damaged stretches left out, magic first: the repaired file.
+    pub repaired: Vec<u8>,
+}
+
+impl Report {
+    /// Whether the damage, if any, is only a torn tail (a start recovers it alone).
+    pub fn only_torn_tail(&self) -> bool {
+        self.records_after == 0
+    }
+}
+
+/// Walks the whole file: every intact frame, every damaged stretch. Frames are
+/// self-delimiting, so after damage the walk resynchronises on the next offset where
+/// an intact frame (length, checksum, payload) starts; every record it keeps is one
+/// whose checksum proves it intact.
+pub fn check(file: &[u8]) -> Result<Report, NotAJournal> {
+    if file.len() >= MAGIC.len() && &file[..MAGIC.len()] != MAGIC
+        || file.len() < MAGIC.len() && !MAGIC.starts_with(file)
+    {
+        return Err(NotAJournal);
+    }
+    let mut report = Report {
+        repaired: MAGIC.to_vec(),
+        ..Report::default()
+    };
+    let body = file.get(MAGIC.len()..).unwrap_or_default();
+    let mut pos = 0;
+    let mut damaged = false;
+    while pos < body.len() {
+        match frame_at(body, pos) {
+            Some((rec, next)) => {
+                if damaged {
+                    report.records_after += 1;
+                    report.messages_after += u64::from(matches!(rec, Record::Msg { .. }));
+                } else {
+                    report.records_before += 1;
+                }
+                report.repaired.extend_from_slice(&body[pos..next]);
+                pos = next;
+            }
+            None => {
+                let (_, reason) = decode_frames(&body[pos..], |_| {});
+                let end = resync(body, pos).unwrap_or(body.len());
+                report.spans.push(DamagedSpan {
+                    offset: MAGIC.len() + pos,
+                    len: end - pos,
+                    reason: reason.unwrap_or(Damage::Truncated),
+                });
+                damaged = true;
+                pos = end;
+            }
+        }
+    }
+    Ok(report)
 }
 
 impl Recovered {
@@ -124,6 +203,7 @@ pub fn replay(file: &[u8]) -> Result<Replay, NotAJournal> {
             state,
             valid: 0,
             damage: None,
+            resumes_at: None,
         });
     }
     if file.len() < MAGIC.len() {
@@ -133,6 +213,7 @@ pub fn replay(file: &[u8]) -> Result<Replay, NotAJournal> {
                 state,
                 valid: 0,
                 damage: Some(Damage::Truncated),
+                resumes_at: None,
             })
         } else {
             Err(NotAJournal)
@@ -141,11 +222,17 @@ pub fn replay(file: &[u8]) -> Result<Replay, NotAJournal> {
     if &file[..MAGIC.len()] != MAGIC {
         return Err(NotAJournal);
     }
-    let (n, damage) = decode_frames(&file[MAGIC.len()..], |r| state.apply(r));
+    let body = &file[MAGIC.len()..];
+    let (n, damage) = decode_frames(body, |r| state.apply(r));
+    let resumes_at = damage
+        .as_ref()
+        .and_then(|_| resync(body, n))
+        .map(|p| MAGIC.len() + p);
     Ok(Replay {
         state,
         valid: MAGIC.len() + n,
         damage,
+        resumes_at,
     })
 }
 
@@ -230,6 +317,44 @@ mod tests {
         );
         assert_eq!(s.users["c"].locked_until, Some(99));
         assert_eq!((s.next_id, s.last_time), (500, 30));
+    }
+
+    #[test]
+    fn damage_in_the_middle_is_told_from_a_torn_tail_and_repaired() {
+        let recs: Vec<Record<'_>> = (1..=50)
+            .map(|id| Record::Msg {
+                id,
+                from: "a",
+                to: "b",
+                text: "hello",
+            })
+            .collect();
+        let buf = journal(&recs);
+        let frame = (buf.len() - MAGIC.len()) / 50;
+        // One flipped bit in the third record.
+        let mut bad = buf.clone();
+        bad[MAGIC.len() + 2 * frame + 12] ^= 0x04;
+        let r = replay(&bad).unwrap();
+        assert_eq!(r.damage, Some(Damage::BadChecksum));
+        assert_eq!(r.resumes_at, Some(MAGIC.len() + 3 * frame));
+        let report = check(&bad).unwrap();
+        assert_eq!((report.records_before, report.records_after), (2, 47));
+        assert_eq!(report.messages_after, 47);
+        assert_eq!(report.spans.len(), 1);
+        assert_eq!(report.spans[0].offset, MAGIC.len() + 2 * frame);
+        assert_eq!(report.spans[0].len, frame);
+        assert!(!report.only_torn_tail());
+        // The repaired file replays cleanly with every intact record.
+        let fixed = replay(&report.repaired).unwrap();
+        assert_eq!(fixed.damage, None);
+        assert_eq!(fixed.state.users["b"].mailbox.len(), 49);
+        // A torn tail is only that.
+        let torn = &buf[..buf.len() - 5];
+        assert_eq!(replay(torn).unwrap().resumes_at, None);
+        let report = check(torn).unwrap();
+        assert!(report.only_torn_tail());
+        assert_eq!(report.records_before, 49);
+        assert!(check(b"not a journal at all").is_err());
     }
 
     #[test]

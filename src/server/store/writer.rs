@@ -25,7 +25,10 @@ use super::{DataDir, FsyncPolicy, write_snapshot};
 const RETRY: Duration = Duration::from_secs(1);
 
 /// How many times a failing write is retried at shutdown before giving up.
-const STOP_RETRIES: u32 = 3;
+const STOP_RETRIES: u32 = 2;
+
+/// How long [`Handle::stop`] waits for the writer, whatever the disk does.
+pub(super) const STOP_BOUND: Duration = Duration::from_secs(4);
 
 pub(super) enum Cmd {
     Append { seq: u64, bytes: Vec<u8> },
@@ -38,17 +41,23 @@ pub(super) enum Cmd {
 pub(super) struct Shared {
     pub durable: AtomicU64,
     pub failed: AtomicBool,
+    /// Set by [`Handle::stop`]: seen even while a failing write keeps the `Stop`
+    /// command queued behind it.
+    pub stop: AtomicBool,
 }
 
 pub(super) struct Handle {
     tx: mpsc::Sender<Cmd>,
     pub shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// Closed by the writer thread when it ends.
+    done: mpsc::Receiver<()>,
 }
 
 impl Handle {
     pub fn spawn(file: File, dir: DataDir, policy: FsyncPolicy, waker: Arc<mio::Waker>) -> Handle {
         let (tx, rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel::<()>();
         let shared = Arc::new(Shared::default());
         let mut w = Writer {
             file,
@@ -67,12 +76,16 @@ impl Handle {
         };
         let thread = std::thread::Builder::new()
             .name("natterd-journal".into())
-            .spawn(move || w.run())
+            .spawn(move || {
+                w.run();
+                drop(done_tx);
+            })
             .expect("cannot start the journal thread");
         Handle {
             tx,
             shared,
             thread: Some(thread),
+            done,
         }
     }
 
@@ -85,10 +98,21 @@ impl Handle {
         }
     }
 
+    /// Writes and syncs what it can, then stops the writer; returns within
+    /// [`STOP_BOUND`] whatever the disk does (a writer stuck in a system call is left
+    /// behind: the process is exiting).
     pub fn stop(mut self) {
+        self.shared.stop.store(true, Ordering::Release);
         self.send(Cmd::Stop);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        match self.done.recv_timeout(STOP_BOUND) {
+            Err(RecvTimeoutError::Timeout) => {
+                error!("journal: the writer did not finish within {STOP_BOUND:?}; leaving it");
+            }
+            _ => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
         }
     }
 }
@@ -140,6 +164,7 @@ impl Writer {
             }
             self.round_failed = false;
             stopping |= self.write_queue();
+            stopping |= self.shared.stop.load(Ordering::Acquire);
             self.sync(stopping);
             self.publish();
             if self.failing && !self.round_failed {
@@ -151,15 +176,40 @@ impl Writer {
                 }
                 stop_retries += 1;
                 if stop_retries > STOP_RETRIES {
-                    error!(
-                        "journal: giving up at shutdown with {} batches unwritten",
-                        self.queue.len()
-                    );
+                    self.report_lost();
                     return;
                 }
                 std::thread::sleep(RETRY);
             }
         }
+    }
+
+    /// Says on stderr what shutdown could not make durable. None of it was ever
+    /// acknowledged: the replies that would have claimed it are held until durable.
+    fn report_lost(&self) {
+        let (mut batches, mut bytes) = (0, 0);
+        let mut kinds: std::collections::BTreeMap<&str, u64> = Default::default();
+        for cmd in &self.queue {
+            if let Cmd::Append { bytes: b, .. } = cmd {
+                batches += 1;
+                bytes += b.len();
+                super::record::decode_frames(b, |r| *kinds.entry(r.kind()).or_default() += 1);
+            }
+        }
+        let what: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        error!(
+            "journal: shutting down with the disk still failing: {batches} batches ({bytes} bytes: {}) were not made durable; no reply had confirmed them to any client{}",
+            if what.is_empty() {
+                "nothing".to_string()
+            } else {
+                what.join(", ")
+            },
+            if self.unsynced {
+                "; the last written records were not synced either"
+            } else {
+                ""
+            }
+        );
     }
 
     /// Writes queued commands in order until one fails; returns whether `Stop` was seen.
