@@ -6,41 +6,7 @@ mod common;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Cli, Raw, Server};
-
-/// Logs in, stores an `END` marker for `to` and logs out, so that a reader of `to`'s
-/// backlog knows where it ends without waiting for silence.
-fn send_end_marker(s: &Server, to: &str) {
-    let mut c = s.login("c3po", "droid#gold");
-    assert_eq!(c.request(&format!("MSG {to} END")), format!("+STORED {to}"));
-    c.send("LOGOUT");
-    c.expect_closed();
-}
-
-/// Logs `user` in and reads (acknowledging) direct messages up to the `END` marker;
-/// returns the texts of those before it, with their senders checked.
-fn drain_until_end(s: &Server, user: &str, password: &str, from: &str) -> Vec<String> {
-    let mut c = s.login(user, password);
-    let mut texts = Vec::new();
-    loop {
-        let line = c.next_frame();
-        let Some(rest) = line.strip_prefix("*MSG ") else {
-            if line.starts_with("*LOGIN ") || line.starts_with("*LOGOUT ") {
-                continue;
-            }
-            panic!("unexpected {line:?}");
-        };
-        let (id, body) = rest.split_once(' ').expect("id");
-        c.send(&format!("ACK {id}"));
-        if body == "c3po END" {
-            return texts;
-        }
-        let text = body
-            .strip_prefix(&format!("{from} "))
-            .unwrap_or_else(|| panic!("unexpected sender in {line:?}"));
-        texts.push(text.to_string());
-    }
-}
+use common::{Cli, Raw, Server, drain_until_end, send_end_marker};
 
 fn random_below(n: u64) -> u64 {
     let nanos = SystemTime::now()
@@ -207,14 +173,22 @@ fn damage_in_the_middle_refuses_to_start_and_repair_keeps_every_intact_record() 
         err.contains("checksum mismatch at byte") && err.contains("journal repair"),
         "{err}"
     );
-    assert_eq!(std::fs::read(&path).expect("journal"), bytes, "journal touched");
+    assert_eq!(
+        std::fs::read(&path).expect("journal"),
+        bytes,
+        "journal touched"
+    );
 
     let journal = |action: &str| -> common::Output {
         s.natterd_in_dir(&["journal".into(), action.into()], &[])
     };
     let check = journal("check");
     assert_eq!(check.code, 1, "{}", check.stdout);
-    assert!(check.stdout.contains("checksum mismatch"), "{}", check.stdout);
+    assert!(
+        check.stdout.contains("checksum mismatch"),
+        "{}",
+        check.stdout
+    );
     assert!(
         check.stdout.contains("after it (4 of them messages)"),
         "{}",
@@ -222,11 +196,19 @@ fn damage_in_the_middle_refuses_to_start_and_repair_keeps_every_intact_record() 
     );
     let repair = journal("repair");
     assert_eq!(repair.code, 0, "{}{}", repair.stdout, repair.stderr);
-    assert!(repair.stdout.contains("the original is kept as"), "{}", repair.stdout);
+    assert!(
+        repair.stdout.contains("the original is kept as"),
+        "{}",
+        repair.stdout
+    );
     let kept = std::fs::read_dir(&s.dir.join("natter-data"))
         .expect("data dir")
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("journal.damaged-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("journal.damaged-")
+        })
         .map(|e| std::fs::read(e.path()).expect("copy"))
         .collect::<Vec<_>>();
     assert_eq!(kept, vec![bytes], "the original is kept as it was");
@@ -235,7 +217,10 @@ fn damage_in_the_middle_refuses_to_start_and_repair_keeps_every_intact_record() 
     s.start_again();
     send_end_marker(&s, "leia");
     let got = drain_until_end(&s, "leia", "princess$1", "hans");
-    let want: Vec<String> = (0..10).filter(|&i| i != 5).map(|i| format!("m{i}")).collect();
+    let want: Vec<String> = (0..10)
+        .filter(|&i| i != 5)
+        .map(|i| format!("m{i}"))
+        .collect();
     assert_eq!(got, want);
 }
 

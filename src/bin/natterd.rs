@@ -193,7 +193,10 @@ fn journal_command() -> ExitCode {
     let path = store::journal_path(&args.data_dir);
     let describe = |r: &store::Report| {
         for d in &r.spans {
-            println!("damage at byte {}: {} ({} bytes)", d.offset, d.reason, d.len);
+            println!(
+                "damage at byte {}: {} ({} bytes)",
+                d.offset, d.reason, d.len
+            );
         }
         println!(
             "intact records: {} before the first damage, {} after it ({} of them messages)",
@@ -261,6 +264,15 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     natter::logging::init("natterd", args.verbose);
+    // A journal that reaches the file-size limit (RLIMIT_FSIZE) must fail its write
+    // with EFBIG, like a full disk fails with ENOSPC, not kill the server: SIGXFSZ's
+    // default action is to terminate. A handler (that does nothing) turns it off.
+    if let Err(e) = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    ) {
+        log::warn!("cannot handle SIGXFSZ: {e}");
+    }
     if args.max_line == 0 || args.max_queued < args.max_line || args.ack_window == 0 {
         eprintln!(
             "natterd: error: --max-line must be positive, --max-queued at least --max-line, --ack-window positive"

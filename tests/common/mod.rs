@@ -37,6 +37,8 @@ pub struct Server {
     /// The server's working directory: credentials, `natter-data/`, `natterd.log`.
     pub dir: PathBuf,
     args: Vec<String>,
+    /// A command natterd is started under (e.g. `prlimit --fsize=N`), if any.
+    wrapper: Vec<String>,
 }
 
 impl Server {
@@ -49,24 +51,33 @@ impl Server {
         let dir = scratch_dir();
         std::fs::write(dir.join("credentials.txt"), credentials).expect("write credentials");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let (child, addr) = Server::spawn(&dir, &args);
+        let (child, addr) = Server::spawn(&dir, &args, &[]);
         Server {
             child,
             addr,
             dir,
             args,
+            wrapper: Vec::new(),
         }
     }
 
     /// Runs `natterd` in `dir` (stderr appended to `dir/natterd.log`) and waits for its
     /// listening line.
-    fn spawn(dir: &std::path::Path, args: &[String]) -> (Child, SocketAddr) {
+    fn spawn(dir: &std::path::Path, args: &[String], wrapper: &[String]) -> (Child, SocketAddr) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("natterd.log"))
             .expect("open log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natterd"));
+        let bin = env!("CARGO_BIN_EXE_natterd");
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.args(args)
             .arg("--bind")
             .arg("127.0.0.1")
@@ -104,16 +115,22 @@ impl Server {
     /// same arguments (it gets a new port).
     pub fn restart(&mut self) {
         self.kill9();
-        let (child, addr) = Server::spawn(&self.dir, &self.args);
+        let (child, addr) = Server::spawn(&self.dir, &self.args, &self.wrapper);
         self.child = child;
         self.addr = addr;
+    }
+
+    /// Runs later starts under `wrapper` (empty: directly).
+    pub fn set_wrapper(&mut self, wrapper: &[&str]) {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
     }
 
     /// Kills the server and runs `natterd` again in its directory with its arguments,
     /// expecting it to refuse to start: returns its exit code and stderr.
     pub fn restart_refused(&mut self) -> (i32, String) {
         self.kill9();
-        let out = self.natterd_in_dir(&self.args.clone(), &[]);
+        let wrapper: Vec<&str> = self.wrapper.iter().map(String::as_str).collect();
+        let out = self.natterd_in_dir(&self.args.clone(), &wrapper);
         assert!(
             !out.stdout.contains("listening"),
             "natterd started: {}",
@@ -126,7 +143,7 @@ impl Server {
     pub fn start_again(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, addr) = Server::spawn(&self.dir, &self.args);
+        let (child, addr) = Server::spawn(&self.dir, &self.args, &self.wrapper);
         self.child = child;
         self.addr = addr;
     }
@@ -714,5 +731,39 @@ impl FakeServer {
             .and_then(|p| p.parse().ok());
         c.send("+WELCOME");
         (c, port)
+    }
+}
+
+/// Logs in, stores an `END` marker for `to` and logs out, so that a reader of `to`'s
+/// backlog knows where it ends without waiting for silence.
+pub fn send_end_marker(s: &Server, to: &str) {
+    let mut c = s.login("c3po", "droid#gold");
+    assert_eq!(c.request(&format!("MSG {to} END")), format!("+STORED {to}"));
+    c.send("LOGOUT");
+    c.expect_closed();
+}
+
+/// Logs `user` in and reads (acknowledging) direct messages up to the `END` marker;
+/// returns the texts of those before it, with their senders checked.
+pub fn drain_until_end(s: &Server, user: &str, password: &str, from: &str) -> Vec<String> {
+    let mut c = s.login(user, password);
+    let mut texts = Vec::new();
+    loop {
+        let line = c.next_frame();
+        let Some(rest) = line.strip_prefix("*MSG ") else {
+            if line.starts_with("*LOGIN ") || line.starts_with("*LOGOUT ") {
+                continue;
+            }
+            panic!("unexpected {line:?}");
+        };
+        let (id, body) = rest.split_once(' ').expect("id");
+        c.send(&format!("ACK {id}"));
+        if body == "c3po END" {
+            return texts;
+        }
+        let text = body
+            .strip_prefix(&format!("{from} "))
+            .unwrap_or_else(|| panic!("unexpected sender in {line:?}"));
+        texts.push(text.to_string());
     }
 }

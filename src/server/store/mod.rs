@@ -77,7 +77,10 @@ pub enum StoreError {
     },
     /// A damaged copy but no journal: an earlier start was cut off while setting the
     /// damaged journal aside (versions before 0.2 did that before writing the new one).
-    DamagedCopyOnly { dir: PathBuf, copy: PathBuf },
+    DamagedCopyOnly {
+        dir: PathBuf,
+        copy: PathBuf,
+    },
 }
 
 impl std::fmt::Display for StoreError {
