@@ -368,3 +368,33 @@ fn line_output_and_login_limits_move_their_counters() {
         assert!(l.starts_with("+BCAST") || l == "*LOGOUT yoda", "{l}");
     }
 }
+
+/// Regression (issue 12): flood control exempted lines by their raw prefix, so 100
+/// `PONGx` lines got error replies and never paused the input. Only frames that parse
+/// as `PONG <seq>` or `ACK <id>` are exempt now.
+#[test]
+fn only_real_pongs_and_acks_escape_flood_control() {
+    let s = Server::start(&[
+        "0",
+        "--limit-loopback",
+        "--flood-burst",
+        "5",
+        "--flood-rate",
+        "200",
+    ]);
+    let mut c = s.login("hans", "falcon*solo");
+    // Real answers never count: 100 of them leave the counter at zero.
+    let answers: String = (0..100).map(|i| format!("PONG {i}\nACK {i}\n")).collect();
+    c.send_bytes(answers.as_bytes());
+    c.expect_nothing_pending();
+    assert_eq!(counter(&s, "flood_throttled"), 0);
+    // Lines that only look like them are commands: throttled, and every one answered.
+    let fakes: String = (0..100)
+        .map(|i| format!("PONGx{i}\nACKnowledge\n"))
+        .collect();
+    c.send_bytes(fakes.as_bytes());
+    for _ in 0..200 {
+        assert_eq!(c.next_frame(), "-UNKNOWN_COMMAND");
+    }
+    assert!(counter(&s, "flood_throttled") > 0);
+}

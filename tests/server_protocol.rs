@@ -562,3 +562,27 @@ fn credentials_errors_stop_the_server_with_file_and_line() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
+
+/// Issue 12: one sender used to be able to fill a recipient's whole mailbox, so every
+/// other sender got `-MAILBOX_FULL`. A sender may fill only its share (three quarters by default).
+#[test]
+fn one_sender_cannot_fill_a_mailbox_for_everyone() {
+    let s = Server::start(&["0", "--mailbox-max-messages", "200"]);
+    let mut spammer = s.login("vader", "sithlord**");
+    let mut friend = s.login("hans", "falcon*solo");
+    spammer.expect("*LOGIN hans");
+    for i in 0..150 {
+        assert_eq!(
+            spammer.request(&format!("MSG leia spam {i}")),
+            "+STORED leia"
+        );
+    }
+    assert_eq!(spammer.request("MSG leia more"), "-MAILBOX_FULL leia");
+    for i in 0..50 {
+        assert_eq!(friend.request(&format!("MSG leia hi {i}")), "+STORED leia");
+    }
+    // Now the mailbox itself is full, for everyone.
+    assert_eq!(friend.request("MSG leia one more"), "-MAILBOX_FULL leia");
+    let mut leia = s.login("leia", "princess$1");
+    leia.expect_msg("vader", "spam 0");
+}

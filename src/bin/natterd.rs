@@ -73,6 +73,10 @@ struct Args {
     /// Bytes of message text a user's offline mailbox holds at most.
     #[arg(long, default_value = "4M", value_parser = parse_size)]
     mailbox_max_bytes: usize,
+    /// Percent of a mailbox's caps one sender may fill (100: no per-sender limit), so
+    /// one sender cannot make the mailbox full for everyone else.
+    #[arg(long, default_value_t = 75, value_parser = clap::value_parser!(u32).range(1..=100))]
+    mailbox_sender_share: u32,
     /// Where offline messages, block lists, login history and lockouts are kept.
     #[arg(long, default_value = "natter-data")]
     data_dir: PathBuf,
@@ -329,6 +333,7 @@ fn main() -> ExitCode {
             ack_window: args.ack_window,
             mailbox_max_messages: args.mailbox_max_messages,
             mailbox_max_bytes: args.mailbox_max_bytes,
+            mailbox_sender_share: args.mailbox_sender_share,
             lockout_scope: args.lockout_scope,
             flood_burst: args.flood_burst,
             flood_rate: args.flood_rate.max(0.001),

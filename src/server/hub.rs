@@ -30,6 +30,7 @@ use slab::Slab;
 
 use super::accounts::{self, Credential};
 use super::flood::{Rate, TokenBucket};
+use super::mailbox::{Caps, Mailbox, Stored};
 use super::store::{self, Record, Recovered};
 use super::timer::{TimerHandle, TimerWheel};
 use crate::protocol::frames::{
@@ -62,6 +63,8 @@ pub struct HubConfig {
     /// Per-recipient mailbox caps.
     pub mailbox_max_messages: usize,
     pub mailbox_max_bytes: usize,
+    /// Percent of those caps one sender may fill (100: no per-sender limit).
+    pub mailbox_sender_share: u32,
     /// What a lockout applies to.
     pub lockout_scope: LockoutScope,
     /// Commands a client may send in a burst before being throttled (0: no limit).
@@ -96,6 +99,7 @@ impl Default for HubConfig {
             ack_window: 64,
             mailbox_max_messages: 10_000,
             mailbox_max_bytes: 4 << 20,
+            mailbox_sender_share: 75,
             lockout_scope: LockoutScope::Account,
             flood_burst: 40,
             flood_rate: 10.0,
@@ -129,14 +133,6 @@ pub struct Stats {
     pub reloads: u64,
 }
 
-/// A direct message waiting in a mailbox or in a session's in-flight window.
-#[derive(Debug)]
-struct Stored {
-    id: u64,
-    from: AccountId,
-    text: Box<str>,
-}
-
 #[derive(Debug)]
 struct Account {
     name: Box<str>,
@@ -150,8 +146,7 @@ struct Account {
     online_pos: usize,
     /// Accounts this user has blocked.
     blocks: HashSet<AccountId>,
-    mailbox: VecDeque<Stored>,
-    mailbox_bytes: usize,
+    mailbox: Mailbox,
     /// Last time seen online (a logout; or a login when the server stopped), in Unix ms.
     last_seen: Option<u64>,
     /// Known only from the journal, not in the credentials: it cannot log in and is
@@ -178,8 +173,7 @@ impl Account {
             session: None,
             online_pos: 0,
             blocks: HashSet::new(),
-            mailbox: VecDeque::new(),
-            mailbox_bytes: 0,
+            mailbox: Mailbox::default(),
             last_seen: None,
             ghost: false,
         }
@@ -406,6 +400,7 @@ pub struct Hub<S> {
     /// Logged-in accounts, unordered (swap-remove; `Account::online_pos` indexes it).
     online: Vec<AccountId>,
     cfg: HubConfig,
+    mailbox_caps: Caps,
     origin: Instant,
     /// Wall-clock time at `origin`, in Unix ms (history and lockouts are stored in it).
     origin_wall: u64,
@@ -483,6 +478,11 @@ impl<S> Hub<S> {
             by_name,
             ghosts: HashMap::new(),
             online: Vec::new(),
+            mailbox_caps: Caps {
+                max_messages: cfg.mailbox_max_messages,
+                max_bytes: cfg.mailbox_max_bytes,
+                sender_share: cfg.mailbox_sender_share,
+            },
             cfg,
             origin: now,
             origin_wall: store::unix_ms(SystemTime::now()),
@@ -607,8 +607,9 @@ impl<S> Hub<S> {
             let a = &mut self.accounts[id as usize];
             ghosts += usize::from(a.ghost);
             a.blocks.extend(blocks);
-            a.mailbox_bytes += mailbox.iter().map(|m| m.text.len()).sum::<usize>();
-            a.mailbox.extend(mailbox);
+            for m in mailbox {
+                a.mailbox.push_back(m);
+            }
             // Online when the server stopped: seen until then (the last record's time).
             a.last_seen = if user.online {
                 Some(rec.last_time.max(user.last_seen.unwrap_or(0)))
@@ -1388,7 +1389,6 @@ impl<S> Hub<S> {
             let Some(m) = self.accounts[id as usize].mailbox.pop_front() else {
                 break;
             };
-            self.accounts[id as usize].mailbox_bytes -= m.text.len();
             frames::encode_msg(
                 s.out.tail(),
                 m.id,
@@ -1493,14 +1493,11 @@ impl<S> Hub<S> {
             self.stats.direct_delivered += 1;
             return self.reply_durable(key, Reply::Sent { to, stored: false });
         }
-        if t.mailbox.len() >= self.cfg.mailbox_max_messages
-            || t.mailbox_bytes + text.len() > self.cfg.mailbox_max_bytes
-        {
+        if !t.mailbox.admits(me, text.len(), self.mailbox_caps) {
             self.stats.mailbox_full += 1;
             return self.error(key, ErrorCode::MailboxFull, to);
         }
         self.next_msg_id += 1;
-        t.mailbox_bytes += text.len();
         t.mailbox.push_back(Stored {
             id,
             from: me,
@@ -1717,7 +1714,6 @@ impl<S> Hub<S> {
                 },
             );
             for m in a.inflight.into_iter().rev() {
-                acct.mailbox_bytes += m.text.len();
                 acct.mailbox.push_front(m);
             }
             let pos = acct.online_pos;

@@ -3,6 +3,7 @@
 //! - [`event_loop`]: one thread, one `mio::Poll`, every socket in the hub's slab;
 //! - [`hub`]: the chat state and rules, fed bytes and time, socket-free;
 //! - [`store`]: the journal that makes mailboxes, blocks, history and lockouts durable;
+//! - `mailbox`: one user's offline messages and their caps;
 //! - [`timer`]: the hashed timer wheel behind every deadline;
 //! - [`accounts`]: loading `credentials.txt`, password hashes;
 //! - [`flood`]: the token bucket behind every rate limit;
@@ -12,6 +13,7 @@ pub mod accounts;
 pub mod event_loop;
 pub mod flood;
 pub mod hub;
+mod mailbox;
 pub mod store;
 pub mod timer;
 pub mod verifier;
