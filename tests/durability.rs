@@ -201,7 +201,7 @@ fn damage_in_the_middle_refuses_to_start_and_repair_keeps_every_intact_record() 
         "{}",
         repair.stdout
     );
-    let kept = std::fs::read_dir(&s.dir.join("natter-data"))
+    let kept = std::fs::read_dir(s.dir.join("natter-data"))
         .expect("data dir")
         .flatten()
         .filter(|e| {

@@ -176,8 +176,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn natterd");
-        let out = wait_with_timeout(child);
-        out
+        wait_with_timeout(child)
     }
 
     /// Everything the server (and its earlier runs) wrote to stderr.
