@@ -398,3 +398,56 @@ fn only_real_pongs_and_acks_escape_flood_control() {
     }
     assert!(counter(&s, "flood_throttled") > 0);
 }
+
+/// Regression (issue 12): the hash verifier had no bound. 512 guesses from 16
+/// addresses, sent and closed at once, made a genuine login time out. Now a closed
+/// connection's job is dropped before hashing, a locked account's jobs are answered
+/// without hashing, the queue is capped per address and in all, and accounts take
+/// turns.
+#[test]
+fn password_guess_floods_cannot_starve_a_genuine_login() {
+    let argon = |pw: &str| natter::server::accounts::hash_password(pw).expect("argon2");
+    let creds = CREDENTIALS
+        .replace(
+            "vader sithlord**",
+            &format!("vader {}", argon("sithlord**")),
+        )
+        .replace("yoda wise@!man", &format!("yoda {}", argon("wise@!man")));
+    let s = Server::start_with(&creds, &["0"]);
+    for a in 2..18 {
+        for _ in 0..32 {
+            let mut c = connect_from(&format!("127.0.0.{a}"), s.addr);
+            c.send_bytes(b"HELLO 1\nLOGIN vader guess\n");
+        }
+    }
+    // Guesses from connections that stay open: a few are queued per address, the rest
+    // refused at once (not counted as failures).
+    let mut open: Vec<Raw> = (0..20)
+        .map(|_| {
+            let mut c = connect_from("127.0.0.30", s.addr);
+            c.send_bytes(b"HELLO 1\nLOGIN vader guess\n");
+            c
+        })
+        .collect();
+    let mut refused = 0;
+    for c in &mut open {
+        c.expect_prefix("+HELLO");
+        match c.next_frame().as_str() {
+            "-RATE_LIMITED" => refused += 1,
+            "-BAD_PASSWORD 2" | "-BAD_PASSWORD 1" | "-LOCKED_NOW" | "-LOCKED" => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(refused >= 20 - 4, "only {refused} of 20 refused");
+    // A genuine login to another account is verified and welcomed (within `WAIT`).
+    let mut yoda = s.raw();
+    yoda.send("HELLO 1");
+    yoda.expect_prefix("+HELLO");
+    yoda.send("LOGIN yoda wise@!man");
+    yoda.expect("+WELCOME");
+    // Far fewer hashes than the 532 guesses: vader is locked after three failures, and
+    // the rest are dropped (closed) or answered without hashing (locked).
+    let hashed = counter(&s, "hash_verifications");
+    assert!(hashed <= 16, "{hashed} hashes computed");
+    assert_eq!(counter(&s, "verify_queued"), 0);
+}

@@ -930,6 +930,11 @@ impl App {
                 self.line(r::ALREADY_ONLINE);
                 self.exit = Some(1);
             }
+            // Too many logins waiting for the server's password check: try again.
+            ErrorCode::RateLimited => {
+                self.line(r::RATE_LIMITED);
+                self.stage = Stage::AskPassword(user);
+            }
             other => {
                 self.line(&format!("Error. Login failed ({})", other.as_str()));
                 self.stage = Stage::AskUser;

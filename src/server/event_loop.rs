@@ -298,7 +298,7 @@ impl Server {
                 }
             }
             self.hub.expire(now);
-            self.dispatch_verifications();
+            self.dispatch_verifications(now);
             self.read_backlog.extend(self.hub.take_resumed());
             self.commit(now);
             self.flush(now);
@@ -510,15 +510,14 @@ impl Server {
         self.per_ip_prune_at = (self.per_ip.len() * 2).max(1024);
     }
 
-    fn dispatch_verifications(&mut self) {
-        for job in self.hub.take_verify_jobs() {
+    fn dispatch_verifications(&mut self, now: Instant) {
+        for job in self.hub.take_verify_jobs(self.verifier.idle(), now) {
             self.verifier.submit(job);
         }
     }
 
     fn take_verdicts(&mut self, now: Instant) {
-        let verdicts: Vec<_> = self.verifier.verdicts().collect();
-        for v in verdicts {
+        for v in self.verifier.verdicts() {
             self.hub.verified(v.key, v.serial, v.ok, now);
         }
     }

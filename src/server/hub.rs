@@ -33,6 +33,8 @@ use super::flood::{Rate, TokenBucket};
 use super::mailbox::{Caps, Mailbox, Stored};
 use super::store::{self, Record, Recovered};
 use super::timer::{TimerHandle, TimerWheel};
+pub use super::verify_queue::VerifyJob;
+use super::verify_queue::VerifyQueue;
 use crate::protocol::frames::{
     self, ByeReason, ErrorCode, PROTOCOL_VERSION, Push, Reply, Request, RequestError,
 };
@@ -130,6 +132,8 @@ pub struct Stats {
     pub per_ip_refused: u64,
     pub rate_refused: u64,
     pub hash_verifications: u64,
+    /// Logins refused because the verification queue was full.
+    pub verify_refused: u64,
     pub reloads: u64,
 }
 
@@ -322,15 +326,6 @@ enum Gate {
     Throttled,
 }
 
-/// A password hash to verify off the loop; the answer goes to [`Hub::verified`].
-#[derive(Debug)]
-pub struct VerifyJob {
-    pub key: usize,
-    pub serial: u64,
-    pub password: String,
-    pub hash: Arc<str>,
-}
-
 impl<S> Session<S> {
     pub fn is_closing(&self) -> bool {
         matches!(self.phase, Phase::Closing)
@@ -425,7 +420,7 @@ pub struct Hub<S> {
     /// Lock states per (account, address) under `LockoutScope::AccountIp`.
     ip_locks: HashMap<(AccountId, IpAddr), LockState>,
     /// Hash verifications for the loop to hand to the verifier threads.
-    verify_jobs: Vec<VerifyJob>,
+    verify_queue: VerifyQueue,
     /// Sessions whose input resumed: the loop reads their sockets again.
     resumed: Vec<(usize, u64)>,
     pub stats: Stats,
@@ -500,7 +495,7 @@ impl<S> Hub<S> {
             held: Vec::new(),
             store_ok: true,
             ip_locks: HashMap::new(),
-            verify_jobs: Vec::new(),
+            verify_queue: VerifyQueue::default(),
             resumed: Vec::new(),
             stats: Stats::default(),
         }
@@ -870,8 +865,34 @@ impl<S> Hub<S> {
     }
 
     /// Password hashes to verify, for the loop to hand to the verifier threads.
-    pub fn take_verify_jobs(&mut self) -> Vec<VerifyJob> {
-        std::mem::take(&mut self.verify_jobs)
+    ///
+    /// Takes at most `free` (the verifier threads that are idle), fairly across
+    /// accounts. Each job's account is checked again first: a job for an account that
+    /// got locked (or logged in) meanwhile is answered at once, without hashing.
+    pub fn take_verify_jobs(&mut self, free: usize, now: Instant) -> Vec<VerifyJob> {
+        let mut jobs = Vec::new();
+        while jobs.len() < free {
+            let Some(job) = self.verify_queue.pop() else {
+                break;
+            };
+            let Some(s) = self.session_if(job.key, job.serial) else {
+                continue;
+            };
+            if s.gate != Gate::Verifying {
+                continue;
+            }
+            if self.refuse_if_locked(job.key, job.account, job.ip, now) {
+                continue;
+            }
+            if self.accounts[job.account as usize].session.is_some() {
+                self.error(job.key, ErrorCode::AlreadyOnline, "");
+                self.close(job.key, CloseReason::LoginFailed, now);
+                continue;
+            }
+            self.stats.hash_verifications += 1;
+            jobs.push(job);
+        }
+        jobs
     }
 
     fn flood_rate(&self) -> Rate {
@@ -1163,15 +1184,26 @@ impl<S> Hub<S> {
             // Tens of milliseconds of hashing: off the loop. This session's further
             // input waits; everyone else is served meanwhile.
             let s = &mut self.sessions[key];
-            s.gate = Gate::Verifying;
-            s.pending_login = Some((id, peer_port));
-            self.stats.hash_verifications += 1;
-            self.verify_jobs.push(VerifyJob {
+            let job = VerifyJob {
                 key,
                 serial: s.serial,
                 password: password.to_owned(),
                 hash: secret,
-            });
+                account: id,
+                ip: peer.ip(),
+            };
+            if self.verify_queue.push(job).is_err() {
+                // Too many logins waiting (from this address, or in all): refused
+                // at once, and not counted as a failure.
+                self.stats.verify_refused += 1;
+                info!(
+                    "conn {key}: login from {} refused: verification queue full",
+                    peer.ip()
+                );
+                return self.error(key, ErrorCode::RateLimited, "");
+            }
+            s.gate = Gate::Verifying;
+            s.pending_login = Some((id, peer_port));
             return;
         }
         let ok = accounts::plain_eq(&secret, password);
@@ -1692,6 +1724,12 @@ impl<S> Hub<S> {
             // still in the in-flight window and goes back to the mailbox below.
             s.out.clear();
         }
+        if s.gate == Gate::Verifying
+            && let Some((account, _)) = s.pending_login
+        {
+            // Never hashed for a connection that is gone.
+            self.verify_queue.cancel(key, s.serial, account);
+        }
         let phase = std::mem::replace(&mut s.phase, Phase::Closing);
         s.decoder = LineDecoder::default();
         self.closing.push(key);
@@ -1929,7 +1967,7 @@ impl<S> Hub<S> {
              direct={} stored={} broadcast_deliveries={} queued_bytes={} mailbox_full={} \
              too_long={} slow_reader_kills={} dead_peer_kills={} login_timeouts={} \
              idle_logouts={} flood_throttled={} per_ip_refused={} rate_refused={} \
-             store_refused={} hash_verifications={} reloads={}",
+             store_refused={} hash_verifications={} verify_refused={} verify_queued={} reloads={}",
             self.sessions.len(),
             self.online.len(),
             st.accepted,
@@ -1951,6 +1989,8 @@ impl<S> Hub<S> {
             st.rate_refused,
             st.store_refused,
             st.hash_verifications,
+            st.verify_refused,
+            self.verify_queue.len(),
             st.reloads,
         )
     }

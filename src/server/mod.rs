@@ -7,6 +7,7 @@
 //! - [`timer`]: the hashed timer wheel behind every deadline;
 //! - [`accounts`]: loading `credentials.txt`, password hashes;
 //! - [`flood`]: the token bucket behind every rate limit;
+//! - `verify_queue`: the bounded, fair queue of logins waiting for a verifier;
 //! - [`verifier`]: the threads that check password hashes off the loop.
 
 pub mod accounts;
@@ -17,6 +18,7 @@ mod mailbox;
 pub mod store;
 pub mod timer;
 pub mod verifier;
+mod verify_queue;
 
 pub use event_loop::{Config, RunError, run};
 pub use hub::{Hub, HubConfig};

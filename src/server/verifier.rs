@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use log::error;
 
 use super::accounts;
-use super::hub::VerifyJob;
+use super::verify_queue::VerifyJob;
 
 /// A verifier's answer: whether the password matched.
 #[derive(Debug)]
@@ -27,6 +27,10 @@ pub struct Verifier {
     jobs: Option<Sender<VerifyJob>>,
     verdicts: Receiver<Verdict>,
     threads: Vec<JoinHandle<()>>,
+    /// Jobs handed to the threads and not answered yet: the loop hands over only as
+    /// many as there are idle threads, so the waiting ones stay in the hub's fair,
+    /// bounded queue (where a closed connection's job can still be dropped).
+    busy: usize,
 }
 
 impl Verifier {
@@ -70,20 +74,30 @@ impl Verifier {
             jobs: Some(job_tx),
             verdicts,
             threads: handles,
+            busy: 0,
         })
     }
 
-    pub fn submit(&self, job: VerifyJob) {
+    /// Threads with nothing to do.
+    pub fn idle(&self) -> usize {
+        self.threads.len().saturating_sub(self.busy)
+    }
+
+    pub fn submit(&mut self, job: VerifyJob) {
         if let Some(tx) = &self.jobs
             && tx.send(job).is_err()
         {
             error!("verifier threads are gone; hashed logins cannot complete");
+            return;
         }
+        self.busy += 1;
     }
 
     /// Verdicts that arrived since the last call.
-    pub fn verdicts(&self) -> impl Iterator<Item = Verdict> + '_ {
-        self.verdicts.try_iter()
+    pub fn verdicts(&mut self) -> Vec<Verdict> {
+        let v: Vec<Verdict> = self.verdicts.try_iter().collect();
+        self.busy = self.busy.saturating_sub(v.len());
+        v
     }
 }
 
