@@ -56,12 +56,13 @@ fn a_server_that_floods_pings_and_never_reads_cannot_grow_the_client() {
 #[test]
 fn a_server_that_stops_reading_is_dropped_with_a_clear_message() {
     let fake = FakeServer::bind();
+    fake.small_receive_buffer();
     let mut c = client(&fake, &[]);
     let (_srv, _) = fake.accept_login("hans");
     c.expect_output(WELCOME);
     // `private` notes go out without waiting for replies: a server that reads none of
-    // them would make the client queue them forever.
-    let lines: Vec<u8> = "private nobody hi\n".repeat(150_000).into_bytes();
+    // them would make the client queue them forever (256 KiB is about 37,000 notes).
+    let lines: Vec<u8> = "private nobody hi\n".repeat(60_000).into_bytes();
     c.feed_stdin(lines);
     let (code, out) = c.expect_exit_within(Duration::from_secs(30));
     assert_eq!(code, 1);

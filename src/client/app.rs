@@ -254,6 +254,9 @@ struct App {
     server: Link,
     stage: Stage,
     pending: VecDeque<Pending>,
+    /// How many of `pending` hold input back (all but `ACTIVE` notes): counted, not
+    /// scanned, since thousands of notes may wait on a slow server.
+    blocking: usize,
     env_password: Option<String>,
     me: String,
     last_msg_id: u64,
@@ -369,6 +372,7 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
         redraw: true,
         server,
         stage,
+        blocking: pending.len(),
         pending,
         env_password: cfg.password,
         me: String::new(),
@@ -515,9 +519,7 @@ impl App {
             // `ACTIVE` notes (for private commands and invalid ones) print nothing, so
             // they never hold input back: private chat keeps flowing even when the
             // server is slow or unreachable.
-            Stage::Active => {
-                self.pending.iter().all(|p| *p == Pending::Active) && self.connecting.is_none()
-            }
+            Stage::Active => self.blocking == 0 && self.connecting.is_none(),
             Stage::LoggingIn(_) | Stage::LoggingOut => false,
         }
     }
@@ -701,8 +703,16 @@ impl App {
         }
     }
 
+    /// The request the next reply answers.
+    fn pop_pending(&mut self) -> Option<Pending> {
+        let p = self.pending.pop_front()?;
+        self.blocking -= usize::from(p != Pending::Active);
+        Some(p)
+    }
+
     fn request(&mut self, req: Request<'_>, pending: Pending) {
         self.server.send(&req);
+        self.blocking += usize::from(pending != Pending::Active);
         self.pending.push_back(pending);
     }
 
@@ -795,7 +805,7 @@ impl App {
                 // and move on, so input never waits for a reply that will not come.
                 Err(_) if l.starts_with(['+', '-']) => {
                     log::debug!("unreadable reply from the server: {l:?}");
-                    if self.pending.pop_front().is_some() {
+                    if self.pop_pending().is_some() {
                         self.bad_reply();
                     }
                 }
@@ -822,7 +832,7 @@ impl App {
     }
 
     fn on_reply(&mut self, reply: Reply<'_>, now: Instant) {
-        let Some(pending) = self.pending.pop_front() else {
+        let Some(pending) = self.pop_pending() else {
             return;
         };
         match (pending, reply) {

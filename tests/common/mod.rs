@@ -693,6 +693,13 @@ impl FakeServer {
         self.listener.local_addr().expect("local addr")
     }
 
+    /// Shrinks the receive buffer of the connections it accepts (inherited from the
+    /// listener), so a server that stops reading is felt after kilobytes, not megabytes.
+    pub fn small_receive_buffer(&self) {
+        nix::sys::socket::setsockopt(&self.listener, nix::sys::socket::sockopt::RcvBuf, &4096)
+            .expect("SO_RCVBUF");
+    }
+
     /// Accepts the client's connection.
     pub fn accept(&self) -> Raw {
         self.listener
