@@ -9,9 +9,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use natter::protocol::frames::{self, ServerFrame};
 use natter::protocol::{Flow, LineDecoder};
 use natter::server::accounts::Credential;
+use natter::server::core::durability::JournalStore;
 use natter::server::store::{Record, record, recover};
 use natter::server::timer::TimerWheel;
-use natter::server::{Hub, HubConfig};
+use natter::server::{Core, CoreConfig};
 
 /// One line of every request type.
 const REQUESTS: [(&str, &str); 14] = [
@@ -135,7 +136,12 @@ fn codec(c: &mut Criterion) {
 }
 
 /// A hub with `n` users all logged in on socket-less sessions.
-fn hub_with(n: usize) -> (Hub<()>, Vec<usize>, Instant) {
+fn hub_with(n: usize) -> (Core, Vec<usize>, Instant) {
+    hub_with_store(n, false)
+}
+
+/// The same, with the journal's store (records encoded into batches) when `journaled`.
+fn hub_with_store(n: usize, journaled: bool) -> (Core, Vec<usize>, Instant) {
     let creds = (0..n)
         .map(|i| Credential {
             name: format!("u{i}"),
@@ -143,16 +149,20 @@ fn hub_with(n: usize) -> (Hub<()>, Vec<usize>, Instant) {
         })
         .collect();
     let now = Instant::now();
-    let cfg = HubConfig {
+    let cfg = CoreConfig {
         max_queued: usize::MAX,
-        ..HubConfig::default()
+        ..CoreConfig::default()
     };
-    let mut hub = Hub::new(creds, cfg, now);
+    let mut hub = if journaled {
+        Core::new(creds, cfg, Box::new(JournalStore::default()), now)
+    } else {
+        Core::in_memory(creds, cfg, now)
+    };
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let mut keys = Vec::new();
     for i in 0..n {
-        let k = hub.accept((), addr, now);
-        hub.feed(k, format!("HELLO 1\nLOGIN u{i} pw\n").as_bytes(), now);
+        let k = hub.handle_accept(addr, now);
+        hub.handle_read(k, format!("HELLO 1\nLOGIN u{i} pw\n").as_bytes(), now);
         keys.push(k);
         // Presence lines pile up quadratically: drain as we go.
         drain(&mut hub);
@@ -162,8 +172,8 @@ fn hub_with(n: usize) -> (Hub<()>, Vec<usize>, Instant) {
 }
 
 /// Pretends every queued byte was written.
-fn drain(hub: &mut Hub<()>) {
-    hub.discard_output();
+fn drain(hub: &mut Core) {
+    hub.poll_transmit(|_, b| Ok(b.len()), Instant::now());
 }
 
 fn routing(c: &mut Criterion) {
@@ -173,8 +183,8 @@ fn routing(c: &mut Criterion) {
     let msg = b"MSG u1 hello there, this is a sixty-four byte chat message.......\n";
     g.bench_function("direct_message_and_ack", |b| {
         b.iter(|| {
-            hub.feed(keys[0], black_box(msg), now);
-            hub.feed(keys[1], b"ACK 18446744073709551615\n", now);
+            hub.handle_read(keys[0], black_box(msg), now);
+            hub.handle_read(keys[1], b"ACK 18446744073709551615\n", now);
             drain(&mut hub);
         })
     });
@@ -183,7 +193,7 @@ fn routing(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64 - 1));
         g.bench_with_input(BenchmarkId::new("broadcast_fanout", n), &n, |b, _| {
             b.iter(|| {
-                hub.feed(
+                hub.handle_read(
                     keys[0],
                     black_box(
                         b"BCAST hello everyone, a sixty-four byte broadcast message.......\n",
@@ -258,19 +268,18 @@ fn store(c: &mut Criterion) {
     });
     // The hub's whole append path: route, encode the record, hold the reply, hand the
     // batch over and release the reply (the writer thread's I/O is not included).
-    let (mut hub, keys, now) = hub_with(1000);
-    hub.enable_journal();
+    let (mut hub, keys, now) = hub_with_store(1000, true);
     let msg = b"MSG u1 hello there, this is a sixty-four byte chat message.......\n";
     let mut seq = 0;
     g.bench_function("direct_message_and_ack_journaled", |b| {
         b.iter(|| {
-            hub.feed(keys[0], black_box(msg), now);
-            hub.feed(keys[1], b"ACK 18446744073709551615\n", now);
-            if let Some(batch) = hub.take_batch() {
+            hub.handle_read(keys[0], black_box(msg), now);
+            hub.handle_read(keys[1], b"ACK 18446744073709551615\n", now);
+            if let Some(batch) = hub.poll_batch() {
                 seq += 1;
                 black_box(batch);
             }
-            hub.set_durable(seq);
+            hub.handle_durable(seq);
             drain(&mut hub);
         })
     });

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use natter::server::accounts::Credential;
-use natter::server::{Hub, HubConfig};
+use natter::server::core::durability::JournalStore;
+use natter::server::{Core, CoreConfig};
 
 fuzz_target!(|data: &[u8]| {
     let creds = ["hans", "yoda", "luke"]
@@ -19,34 +20,26 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let start = Instant::now();
-    let cfg = HubConfig {
+    let cfg = CoreConfig {
         max_line: 64,
         max_queued: 4096,
         ack_window: 4,
         mailbox_max_messages: 8,
         flood_burst: 16,
         limit_loopback: true,
-        ..HubConfig::default()
+        ..CoreConfig::default()
     };
-    let mut hub: Hub<()> = Hub::new(creds, cfg, start);
-    hub.enable_journal();
+    let mut core = Core::new(creds, cfg, Box::new(JournalStore::default()), start);
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-    let keys = [hub.accept((), addr, start), hub.accept((), addr, start)];
+    let keys = [
+        core.handle_accept(addr, start),
+        core.handle_accept(addr, start),
+    ];
     let mut now = start;
     for chunk in data.chunks(17) {
         let (sel, bytes) = chunk.split_first().unwrap();
         now += Duration::from_millis(u64::from(*sel) * 40);
-        hub.feed(keys[usize::from(sel & 1)], bytes, now);
-        hub.expire(now);
-        let _ = hub.take_batch();
-        hub.set_durable(u64::MAX);
-        for job in hub.take_verify_jobs(usize::MAX, now) {
-            hub.verified(job.key, job.serial, false, now);
-        }
-        hub.discard_output();
-        let _ = hub.take_resumed();
-        for k in hub.take_closing() {
-            hub.sessions.try_remove(k);
-        }
+        core.handle_read(keys[usize::from(sel & 1)], bytes, now);
+        core.settle_without_io(now);
     }
 });

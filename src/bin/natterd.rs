@@ -22,9 +22,8 @@ fn release_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 use natter::server::event_loop::{Limits, StoreConfig};
-use natter::server::hub::LockoutScope;
 use natter::server::store::FsyncPolicy;
-use natter::server::{self, Config, HubConfig};
+use natter::server::{self, Config, CoreConfig, LockoutScope};
 use natter::units::{parse_duration, parse_size};
 
 /// The natter instant-messaging server.
@@ -322,7 +321,7 @@ fn main() -> ExitCode {
             fsync: args.fsync,
             compact_min: args.compact_min as u64,
         },
-        hub: HubConfig {
+        core: CoreConfig {
             block_duration: args.block_duration,
             timeout: args.timeout,
             login_timeout: args.login_timeout,

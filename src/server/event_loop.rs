@@ -1,18 +1,24 @@
 //! The server's event loop: one thread, one `mio::Poll`.
 //!
+//! The loop owns every socket: a table of connections ([`Conn`]: the stream, its
+//! address, whether write interest is registered) keyed like the core's sessions. The
+//! chat core never sees a socket; the loop hands it bytes read, time and completions
+//! (`Core::handle_*`) and takes from it bytes to write and connections to close
+//! (`Core::poll_*`), in the order documented on [`Core`].
+//!
 //! Every iteration runs the same phases, in order:
 //! 1. poll, with the earliest timer deadline as timeout (no fixed tick);
 //! 2. dispatch events: read every readable connection until `WouldBlock` (or its
 //!    per-iteration budget, after which it is revisited next iteration without
-//!    waiting), feeding the bytes to the hub; note write readiness;
+//!    waiting), feeding the bytes to the core; note write readiness;
 //! 3. fire due timers;
-//! 4. commit: hand the journal batch the hub built this iteration to the writer
+//! 4. commit: hand the journal batch the core built this iteration to the writer
 //!    thread (one batch per iteration: group commit), rewrite the journal if it has
 //!    grown, and release output held for batches the writer reported durable;
 //! 5. flush every dirty connection once (one `write` carries all the frames queued
 //!    for it this iteration), and keep write interest only while output is pending;
 //!    output held for a batch not yet durable waits;
-//! 6. sweep connections the hub closed: deregister and drop them (those with held
+//! 6. sweep connections the core closed: deregister and drop them (those with held
 //!    output linger until it is released and flushed);
 //! 7. accept new connections (deferred to here, so a new connection can never
 //!    receive an event or timer meant for a closed one that held its slab key),
@@ -34,13 +40,24 @@ use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use slab::Slab;
+
 use super::accounts::{self, Credential};
+use super::core::durability::{InMemory, JournalStore, Store};
+use super::core::{CloseReason, Core, CoreConfig};
 use super::flood::{Rate, TokenBucket};
-use super::hub::{CloseReason, Hub, HubConfig};
 use super::store::{DataDir, FsyncPolicy, Journal, StoreError};
 use super::verifier::Verifier;
 use crate::net::{Step, read_step, sync_write_interest, write_until_blocked};
 use crate::protocol::frames::{ByeReason, Push};
+
+/// One connection as the loop sees it: the socket and its registration.
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    /// Whether write interest is registered (changed only when it must).
+    write_interest: bool,
+}
 
 const LISTENER: Token = Token(usize::MAX);
 /// Woken by the journal writer (durable batches) and the verifier threads (verdicts).
@@ -63,7 +80,7 @@ const SCRATCH: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub addr: SocketAddr,
-    pub hub: HubConfig,
+    pub core: CoreConfig,
     /// Most simultaneous connections; accepting pauses at the limit.
     pub max_connections: usize,
     pub store: StoreConfig,
@@ -141,9 +158,11 @@ impl std::error::Error for RunError {}
 pub struct Server {
     poll: Poll,
     listener: TcpListener,
-    hub: Hub<TcpStream>,
+    core: Core,
+    /// Every connection's socket, keyed like the core's sessions.
+    conns: Slab<Conn>,
     journal: Option<Journal>,
-    /// The last durable batch the hub was told about.
+    /// The last durable batch the core was told about.
     durable: u64,
     max_connections: usize,
     scratch: Box<[u8]>,
@@ -165,6 +184,9 @@ pub struct Server {
     stats_interval: Option<Duration>,
     next_stats: Option<Instant>,
     stopping: bool,
+    /// Connections refused by `--max-per-ip` and `--max-new-per-ip`.
+    per_ip_refused: u64,
+    rate_refused: u64,
 }
 
 impl Server {
@@ -198,16 +220,19 @@ impl Server {
                 Some(sig)
             }
         };
-        let mut hub = Hub::new(credentials, cfg.hub, now);
+        let store: Box<dyn Store> = match &cfg.store.dir {
+            None => Box::new(InMemory),
+            Some(_) => Box::new(JournalStore::default()),
+        };
+        let mut core = Core::new(credentials, cfg.core, store, now);
         let journal = match &cfg.store.dir {
             None => None,
             Some(dir) => {
                 let (data, recovered) = DataDir::open(dir).map_err(RunError::Store)?;
                 info!("{}: recovered {} records", dir.display(), recovered.records);
-                hub.restore(recovered, now);
-                hub.enable_journal();
+                core.restore(recovered, now);
                 let mut snapshot = Vec::new();
-                hub.snapshot(now, &mut snapshot);
+                core.snapshot(now, &mut snapshot);
                 let waker = waker.clone();
                 let s = &cfg.store;
                 Some(
@@ -219,7 +244,8 @@ impl Server {
         Ok(Server {
             poll,
             listener,
-            hub,
+            core,
+            conns: Slab::new(),
             journal,
             durable: 0,
             max_connections: cfg.max_connections.max(1),
@@ -238,6 +264,8 @@ impl Server {
             stats_interval: cfg.stats_interval,
             next_stats: cfg.stats_interval.map(|d| now + d),
             stopping: false,
+            per_ip_refused: 0,
+            rate_refused: 0,
         })
     }
 
@@ -257,31 +285,9 @@ impl Server {
                 }
                 return Err(RunError::Poll(e));
             }
-            if events.is_empty() && self.read_backlog.is_empty() {
-                if self.busy {
-                    // Quiet after activity: idle connections give their buffers back
-                    // (kept while busy, so a loaded server does not reallocate them
-                    // on every flush), then the allocator returns memory to the kernel.
-                    self.hub.release_buffers();
-                    if let Some(f) = self.on_idle {
-                        f();
-                    }
-                }
-                self.busy = false;
-            } else {
-                self.busy = true;
-            }
+            self.note_activity(events.is_empty());
             let now = Instant::now();
-            for (key, serial) in std::mem::take(&mut self.read_backlog) {
-                if self
-                    .hub
-                    .sessions
-                    .get(key)
-                    .is_some_and(|s| s.serial == serial)
-                {
-                    self.read(key, now);
-                }
-            }
+            self.read_backlog(now);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_ready = true,
@@ -292,14 +298,16 @@ impl Server {
                             self.read(key, now);
                         }
                         if event.is_writable() {
-                            self.hub.mark_dirty(key);
+                            self.core.handle_writable(key);
                         }
                     }
                 }
             }
-            self.hub.expire(now);
+            self.core.handle_timeout(now);
             self.dispatch_verifications(now);
-            self.read_backlog.extend(self.hub.take_resumed());
+            while let Some(r) = self.core.poll_resumed() {
+                self.read_backlog.push(r);
+            }
             self.commit(now);
             self.flush(now);
             self.sweep();
@@ -307,7 +315,7 @@ impl Server {
                 return self.shutdown();
             }
             if self.next_stats.is_some_and(|t| t <= now) {
-                info!("{}", self.hub.stats_line());
+                info!("{}", self.stats_line());
                 self.next_stats = self.stats_interval.map(|d| now + d);
             }
             if self.accept_retry_at.is_some_and(|t| t <= now) {
@@ -320,10 +328,47 @@ impl Server {
         }
     }
 
+    /// Tracks whether the loop is busy; when it goes quiet after activity, idle
+    /// connections give their buffers back (kept while busy, so a loaded server does
+    /// not reallocate them on every flush), then the allocator returns memory to the
+    /// kernel.
+    fn note_activity(&mut self, no_events: bool) {
+        if no_events && self.read_backlog.is_empty() {
+            if self.busy {
+                self.core.release_buffers();
+                if let Some(f) = self.on_idle {
+                    f();
+                }
+            }
+            self.busy = false;
+        } else {
+            self.busy = true;
+        }
+    }
+
+    /// Reads the connections whose read budget ran out last time (or that resumed).
+    fn read_backlog(&mut self, now: Instant) {
+        for (key, serial) in std::mem::take(&mut self.read_backlog) {
+            if self.core.is_current(key, serial) {
+                self.read(key, now);
+            }
+        }
+    }
+
+    /// The counters line: the core's, and the loop's admission refusals.
+    fn stats_line(&self) -> String {
+        format!(
+            "{} per_ip_refused={} rate_refused={}",
+            self.core.stats_line(),
+            self.per_ip_refused,
+            self.rate_refused
+        )
+    }
+
     fn poll_timeout(&mut self, now: Instant) -> Option<Duration> {
         let can_accept = self.accept_ready
             && self.accept_retry_at.is_none()
-            && self.hub.sessions.len() < self.max_connections;
+            && self.conns.len() < self.max_connections;
         if !self.read_backlog.is_empty() || can_accept {
             return Some(Duration::ZERO);
         }
@@ -331,7 +376,7 @@ impl Server {
         // the next timer (which may be many seconds away).
         let quiet = self.busy.then(|| now + QUIET_AFTER);
         [
-            self.hub.next_deadline(),
+            self.core.poll_timeout(),
             self.accept_retry_at,
             quiet,
             self.next_stats,
@@ -348,109 +393,91 @@ impl Server {
         let Some(journal) = &mut self.journal else {
             return;
         };
-        if let Some(batch) = self.hub.take_batch() {
+        if let Some(batch) = self.core.poll_batch() {
             journal.submit(batch);
             if journal.wants_rewrite() {
                 let mut snapshot = Vec::with_capacity(journal.file_len() as usize / 2);
-                self.hub.snapshot(now, &mut snapshot);
+                self.core.snapshot(now, &mut snapshot);
                 journal.rewrite(snapshot);
             }
         }
         let durable = journal.durable();
         if durable > self.durable {
             self.durable = durable;
-            self.hub.set_durable(durable);
+            self.core.handle_durable(durable);
         }
-        self.hub.set_store_ok(journal.healthy());
+        self.core.handle_store_health(journal.healthy());
     }
 
     fn read(&mut self, key: usize, now: Instant) {
         let mut budget = READ_BUDGET;
-        loop {
-            let Some(s) = self.hub.sessions.get_mut(key) else {
+        // A paused session is not read: its input waits in the kernel (flow control
+        // by TCP) until the core resumes it.
+        while self.core.wants_read(key) {
+            let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
-            // A paused session is not read: its input waits in the kernel (flow control
-            // by TCP) until the hub resumes it.
-            if s.is_closing() || s.input_paused() {
-                return;
-            }
-            match read_step(&mut s.io, &mut self.scratch) {
+            match read_step(&mut c.stream, &mut self.scratch) {
                 Step::Done(n) => {
-                    self.hub.feed(key, &self.scratch[..n], now);
+                    self.core.handle_read(key, &self.scratch[..n], now);
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
-                        let serial = self.hub.sessions.get(key).map_or(0, |s| s.serial);
-                        self.read_backlog.push((key, serial));
+                        if let Some(serial) = self.core.serial(key) {
+                            self.read_backlog.push((key, serial));
+                        }
                         return;
                     }
                 }
                 Step::WouldBlock => return,
-                Step::Closed => return self.hub.close(key, CloseReason::Eof, now),
+                Step::Closed => return self.core.handle_closed(key, CloseReason::Eof, now),
                 Step::Failed(e) => {
                     debug!("conn {key}: read error: {e}");
-                    return self.hub.close(key, CloseReason::IoError, now);
+                    return self.core.handle_closed(key, CloseReason::IoError, now);
                 }
             }
         }
     }
 
+    /// Writes every connection with output once; write interest stays registered only
+    /// while output is pending.
     fn flush(&mut self, now: Instant) {
-        // Closing a session on a write error can dirty others (presence): loop until quiet.
-        loop {
-            let dirty = self.hub.take_dirty();
-            if dirty.is_empty() {
-                self.hub.flushed(dirty);
-                return;
-            }
-            let mut failed = Vec::new();
-            for &key in &dirty {
-                let Some(s) = self.hub.sessions.get_mut(key) else {
-                    continue;
+        let conns = &mut self.conns;
+        let registry = self.poll.registry();
+        self.core.poll_transmit(
+            |key, bytes| {
+                let Some(c) = conns.get_mut(key) else {
+                    return Ok(bytes.len());
                 };
-                if !s.out.is_empty() {
-                    match write_until_blocked(&mut s.io, s.out.pending()) {
-                        Ok(n) => s.out.consume(n),
-                        Err(e) => {
-                            debug!("conn {key}: write error: {e}");
-                            s.out.clear();
-                            failed.push(key);
-                        }
-                    }
-                }
-                let want = !s.out.is_empty() && !s.is_closing();
-                let registry = self.poll.registry();
-                if let Err(e) = sync_write_interest(
+                let n = if bytes.is_empty() {
+                    0
+                } else {
+                    write_until_blocked(&mut c.stream, bytes)?
+                };
+                let want = n < bytes.len();
+                sync_write_interest(
                     registry,
-                    &mut s.io,
+                    &mut c.stream,
                     Token(key),
                     want,
-                    &mut s.write_interest,
-                ) {
-                    warn!("conn {key}: reregister failed: {e}");
-                    failed.push(key);
-                }
-            }
-            self.hub.flushed(dirty);
-            for key in failed {
-                self.hub.close(key, CloseReason::IoError, now);
-            }
-        }
+                    &mut c.write_interest,
+                )
+                .inspect_err(|e| warn!("conn {key}: reregister failed: {e}"))?;
+                Ok(n)
+            },
+            now,
+        );
     }
 
+    /// Deregisters and drops the connections the core is done with.
     fn sweep(&mut self) {
-        for key in self.hub.take_closing() {
-            if self.hub.sessions.get(key).is_some_and(|s| s.is_held()) {
-                self.hub.defer_sweep(key);
-                continue;
-            }
-            if let Some(mut s) = self.hub.sessions.try_remove(key) {
-                if let Some(e) = self.per_ip.get_mut(&s.peer.ip()) {
+        while let Some(key) = self.core.poll_closed() {
+            if let Some(mut c) = self.conns.try_remove(key) {
+                if let Some(e) = self.per_ip.get_mut(&c.peer.ip()) {
                     e.conns = e.conns.saturating_sub(1);
                 }
-                let _ = self.poll.registry().deregister(&mut s.io);
-                let _ = s.io.shutdown(std::net::Shutdown::Both);
-                // Dropping `s` closes the socket.
+                let _ = self.poll.registry().deregister(&mut c.stream);
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                // Dropping `c` closes the socket.
             }
             self.accept_ready = true;
         }
@@ -475,7 +502,7 @@ impl Server {
             tokens: TokenBucket::full(rate, now),
         });
         if l.max_per_ip > 0 && e.conns >= l.max_per_ip {
-            self.hub.stats.per_ip_refused += 1;
+            self.per_ip_refused += 1;
             warn!(
                 "refused connection from {ip}: {} connections open (--max-per-ip)",
                 e.conns
@@ -483,7 +510,7 @@ impl Server {
             return Some(ByeReason::TooManyConnections);
         }
         if l.new_per_ip_per_min > 0 && e.tokens.take(rate, now).is_err() {
-            self.hub.stats.rate_refused += 1;
+            self.rate_refused += 1;
             warn!(
                 "refused connection from {ip}: over {} new connections a minute (--max-new-per-ip)",
                 l.new_per_ip_per_min
@@ -511,14 +538,14 @@ impl Server {
     }
 
     fn dispatch_verifications(&mut self, now: Instant) {
-        for job in self.hub.take_verify_jobs(self.verifier.idle(), now) {
+        for job in self.core.poll_verify(self.verifier.idle(), now) {
             self.verifier.submit(job);
         }
     }
 
     fn take_verdicts(&mut self, now: Instant) {
         for v in self.verifier.verdicts() {
-            self.hub.verified(v.key, v.serial, v.ok, now);
+            self.core.handle_verdict(v.key, v.serial, v.ok, now);
         }
     }
 
@@ -535,7 +562,7 @@ impl Server {
                     info!("signal {sig}: shutting down");
                     self.stopping = true;
                 }
-                SIGUSR1 => eprintln!("natterd: {}", self.hub.stats_line()),
+                SIGUSR1 => eprintln!("natterd: {}", self.stats_line()),
                 _ => {}
             }
         }
@@ -549,7 +576,7 @@ impl Server {
         match accounts::load(path) {
             Ok(creds) => {
                 let n = creds.len();
-                let (added, removed) = self.hub.reload(creds, now);
+                let (added, removed) = self.core.handle_reload(creds, now);
                 warn!(
                     "reloaded {}: {n} accounts ({added} added, {removed} removed)",
                     path.display()
@@ -563,8 +590,8 @@ impl Server {
     /// output is flushed for up to `SHUTDOWN_GRACE`, and the journal is synced.
     fn shutdown(mut self) -> Result<(), RunError> {
         let start = Instant::now();
-        let online = self.hub.online_count();
-        self.hub.shutdown(start);
+        let online = self.core.online_count();
+        self.core.handle_shutdown(start);
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
@@ -572,7 +599,7 @@ impl Server {
             self.commit(now);
             self.flush(now);
             self.sweep();
-            if self.hub.sessions.is_empty() || now >= start + SHUTDOWN_GRACE {
+            if self.conns.is_empty() || now >= start + SHUTDOWN_GRACE {
                 break;
             }
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(20)))
@@ -586,13 +613,13 @@ impl Server {
         }
         warn!(
             "shut down: {online} users told, state saved, {} connections still had unsent output",
-            self.hub.sessions.len()
+            self.conns.len()
         );
         Ok(())
     }
 
     fn accept(&mut self, now: Instant) {
-        while self.hub.sessions.len() < self.max_connections {
+        while self.conns.len() < self.max_connections {
             match self.listener.accept() {
                 Ok((mut stream, peer)) => {
                     if let Some(reason) = self.refuse(peer.ip(), now) {
@@ -608,7 +635,7 @@ impl Server {
                     if let Err(e) = stream.set_nodelay(true) {
                         debug!("accept {peer}: TCP_NODELAY failed: {e}");
                     }
-                    let key = self.hub.sessions.vacant_key();
+                    let key = self.conns.vacant_key();
                     if let Err(e) =
                         self.poll
                             .registry()
@@ -617,8 +644,15 @@ impl Server {
                         warn!("accept {peer}: register failed: {e}");
                         continue;
                     }
-                    let got = self.hub.accept(stream, peer, now);
+                    // The core's sessions and the loop's connections are inserted and
+                    // removed together, so they share keys.
+                    let got = self.core.handle_accept(peer, now);
                     debug_assert_eq!(got, key);
+                    self.conns.insert(Conn {
+                        stream,
+                        peer,
+                        write_interest: false,
+                    });
                     if let Some(e) = self.per_ip.get_mut(&peer.ip()) {
                         e.conns += 1;
                     }

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use super::hub::AccountId;
+use super::core::AccountId;
 
 /// A direct message waiting in a mailbox or in a session's in-flight window.
 #[derive(Debug)]

@@ -1,7 +1,9 @@
 //! `natterd`: the server.
 //!
-//! - [`event_loop`]: one thread, one `mio::Poll`, every socket in the hub's slab;
-//! - [`hub`]: the chat state and rules, fed bytes and time, socket-free;
+//! - [`event_loop`]: one thread, one `mio::Poll`; owns every socket (a table of
+//!   connections keyed like the core's sessions), the listener, the journal writer and
+//!   the verifier threads;
+//! - [`core`]: the chat rules, fed bytes and time, socket-free, split by concern;
 //! - [`store`]: the journal that makes mailboxes, blocks, history and lockouts durable;
 //! - `mailbox`: one user's offline messages and their caps;
 //! - [`timer`]: the hashed timer wheel behind every deadline;
@@ -11,14 +13,14 @@
 //! - [`verifier`]: the threads that check password hashes off the loop.
 
 pub mod accounts;
+pub mod core;
 pub mod event_loop;
 pub mod flood;
-pub mod hub;
 mod mailbox;
 pub mod store;
 pub mod timer;
 pub mod verifier;
 mod verify_queue;
 
+pub use self::core::{Core, CoreConfig, LockoutScope};
 pub use event_loop::{Config, RunError, run};
-pub use hub::{Hub, HubConfig};

@@ -14,7 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::hub::AccountId;
+use super::core::AccountId;
 
 /// Verifications waiting, at most.
 pub const MAX_QUEUED: usize = 256;

@@ -1,0 +1,169 @@
+//! Direct messages and broadcasts: the offline mailboxes, the in-flight window, and
+//! acknowledgements.
+//!
+//! A direct message gets an id (increasing, kept across restarts) and is either in its
+//! recipient's [`Mailbox`] or in the recipient session's in-flight window until the
+//! client acknowledges it (`ACK <id>`, cumulative). At most `ack_window` messages are in
+//! flight per session; the rest wait in the mailbox and are pumped out as acks come in,
+//! which paces a login backlog of thousands. When a session ends, its unacknowledged
+//! messages go back to the front of the mailbox, in order.
+
+use std::collections::VecDeque;
+
+use super::directory::PerAccount;
+use super::session::Phase;
+use super::{AccountId, Core, CoreConfig, Cx, Stored, blocking, presence};
+use crate::protocol::frames::{self, ErrorCode, Push, Reply};
+use crate::server::mailbox::{Caps, Mailbox};
+
+pub(super) struct Messaging {
+    pub mailboxes: PerAccount<Mailbox>,
+    /// The next message id to hand out.
+    pub next_id: u64,
+    caps: Caps,
+    ack_window: usize,
+}
+
+impl Messaging {
+    pub fn new(cfg: &CoreConfig) -> Messaging {
+        Messaging {
+            mailboxes: PerAccount::default(),
+            next_id: 1,
+            caps: Caps {
+                max_messages: cfg.mailbox_max_messages,
+                max_bytes: cfg.mailbox_max_bytes,
+                sender_share: cfg.mailbox_sender_share,
+            },
+            ack_window: cfg.ack_window,
+        }
+    }
+
+    /// A closed session's unacknowledged messages go back to the front of the mailbox.
+    pub fn give_back(&mut self, id: AccountId, inflight: VecDeque<Stored>) {
+        let mailbox = self.mailboxes.get_mut(id);
+        for m in inflight.into_iter().rev() {
+            mailbox.push_front(m);
+        }
+    }
+}
+
+/// `MSG <user> <text>`: checks (unknown user, self, blocked, store) in the contract's
+/// order, then delivers at once if the recipient is online with room in its window
+/// and nothing older waiting, else stores.
+pub(super) fn direct(core: &mut Core, cx: Cx, to: &str, text: &str) {
+    let Some(target) = blocking::target(core, cx, to) else {
+        return;
+    };
+    if core.blocking.has_blocked(target, cx.account) {
+        return core.error(cx.key, ErrorCode::BlockedBy, to);
+    }
+    if !core.store.healthy() {
+        core.stats.store_refused += 1;
+        return core.error(cx.key, ErrorCode::StoreUnavailable, "");
+    }
+    let tkey = core.dir.locate(target);
+    let window = core.messaging.ack_window;
+    let live = tkey.and_then(|k| core.sessions.get_mut(k).map(|s| (k, s)));
+    let mailbox = core.messaging.mailboxes.get_mut(target);
+    let id = core.messaging.next_id;
+    let from = core.dir.name(cx.account);
+    if let Some((k, s)) = live
+        && let Phase::Active(a) = &mut s.phase
+        && a.inflight.len() < window
+        && mailbox.is_empty()
+    {
+        // Straight into the recipient's window and output.
+        core.messaging.next_id += 1;
+        core.store.message(id, from, core.dir.name(target), text);
+        frames::encode_msg(s.output.out.tail(), id, from, text);
+        a.inflight.push_back(Stored {
+            id,
+            from: cx.account,
+            text: text.into(),
+        });
+        core.outbox.after_append(k, &mut s.output);
+        core.stats.direct_delivered += 1;
+        return core.reply_durable(cx.key, Reply::Sent { to, stored: false });
+    }
+    if !mailbox.admits(cx.account, text.len(), core.messaging.caps) {
+        core.stats.mailbox_full += 1;
+        return core.error(cx.key, ErrorCode::MailboxFull, to);
+    }
+    core.messaging.next_id += 1;
+    mailbox.push_back(Stored {
+        id,
+        from: cx.account,
+        text: text.into(),
+    });
+    core.store.message(id, from, core.dir.name(target), text);
+    core.stats.stored += 1;
+    core.reply_durable(
+        cx.key,
+        Reply::Sent {
+            to,
+            stored: tkey.is_none(),
+        },
+    );
+    if tkey.is_some() {
+        pump(core, target);
+    }
+}
+
+/// `BCAST <text>`: to every online user but the sender and those who blocked them
+/// (counted, for the "some recipients" notice). Never stored.
+pub(super) fn broadcast(core: &mut Core, cx: Cx, text: &str) {
+    // Encode once, copy to every recipient.
+    let mut line = Vec::with_capacity(text.len() + 32);
+    Push::Bcast {
+        from: core.dir.name(cx.account),
+        text,
+    }
+    .encode(&mut line);
+    let (delivered, blocked) = presence::fan_out(core, cx.account, true, |out| {
+        out.tail().extend_from_slice(&line)
+    });
+    core.stats.broadcast_deliveries += u64::from(delivered);
+    core.reply(cx.key, Reply::Bcast { delivered, blocked });
+}
+
+/// `ACK <id>`: everything in flight up to `id` is delivered; the window refills.
+pub(super) fn ack(core: &mut Core, key: usize, id: u64) {
+    let Some(a) = core.sessions.get_mut(key).and_then(|s| s.active_mut()) else {
+        return;
+    };
+    let mut upto = None;
+    while a.inflight.front().is_some_and(|m| m.id <= id) {
+        upto = a.inflight.pop_front().map(|m| m.id);
+    }
+    let account = a.account;
+    if let Some(upto) = upto {
+        core.store.ack(core.dir.name(account), upto);
+    }
+    pump(core, account);
+}
+
+/// Sends queued mailbox messages to an online account while its window has room.
+pub(super) fn pump(core: &mut Core, id: AccountId) {
+    let Some(key) = core.dir.locate(id) else {
+        return;
+    };
+    let Some(s) = core.sessions.get_mut(key) else {
+        return;
+    };
+    let Phase::Active(a) = &mut s.phase else {
+        return;
+    };
+    let mailbox = core.messaging.mailboxes.get_mut(id);
+    let mut sent = false;
+    while a.inflight.len() < core.messaging.ack_window {
+        let Some(m) = mailbox.pop_front() else {
+            break;
+        };
+        frames::encode_msg(s.output.out.tail(), m.id, core.dir.name(m.from), &m.text);
+        a.inflight.push_back(m);
+        sent = true;
+    }
+    if sent {
+        core.outbox.mark_dirty(key, &mut s.output);
+    }
+}

@@ -1,0 +1,235 @@
+//! Output: each session's queue, the list of sessions to flush, replies held for the
+//! journal, and the slow-reader limit.
+//!
+//! Frames are appended to a session's [`Output`] and the session is listed dirty once;
+//! the loop flushes every dirty session once per iteration (one `write` carries
+//! everything queued for it). A reply that claims durability (`+SENT`, `+BLOCKED`,
+//! ...) waits in [`Held`] for its journal batch; every later reply waits behind it
+//! (replies keep request order) while pushes go straight out (the protocol lets them
+//! come between a request and its reply). A session whose queue passes `max_queued` is
+//! listed as overflowed and closed as a slow reader once the current request is done.
+
+use std::collections::VecDeque;
+
+use slab::Slab;
+
+use super::session::Session;
+use crate::protocol::OutBuf;
+
+/// Bytes of held replies past which a session's input is paused: a client that keeps
+/// sending while the disk fails cannot make the server hold more.
+pub(crate) const HELD_MAX: usize = 64 << 10;
+
+/// One session's output.
+#[derive(Debug, Default)]
+pub(crate) struct Output {
+    pub out: OutBuf,
+    held: Held,
+    /// Listed in [`Outbox::dirty`].
+    dirty: bool,
+}
+
+impl Output {
+    /// Whether replies wait for a journal batch.
+    pub fn is_held(&self) -> bool {
+        !self.held.marks.is_empty()
+    }
+
+    pub fn held_too_much(&self) -> bool {
+        self.held.buf.len() > HELD_MAX
+    }
+}
+
+/// Replies held until the journal batch they depend on is durable.
+#[derive(Debug, Default)]
+struct Held {
+    buf: Vec<u8>,
+    /// (batch sequence number, end of the replies in `buf` that wait for it), in order.
+    marks: VecDeque<(u64, usize)>,
+}
+
+impl Held {
+    /// Appends a reply; `seq` is the batch it waits for, or `None` if it only waits
+    /// for the replies before it.
+    fn push(&mut self, seq: Option<u64>, f: impl FnOnce(&mut Vec<u8>)) {
+        f(&mut self.buf);
+        let end = self.buf.len();
+        match (seq, self.marks.back_mut()) {
+            (Some(seq), Some(last)) if last.0 == seq => last.1 = end,
+            (Some(seq), _) => self.marks.push_back((seq, end)),
+            (None, Some(last)) => last.1 = end,
+            // Only reached for a reply behind a held one (`Outbox::reply`).
+            (None, None) => self.marks.push_back((0, end)),
+        }
+    }
+
+    /// Moves the replies whose batches are durable up to `seq` into `out`; returns
+    /// whether any moved.
+    fn release(&mut self, seq: u64, out: &mut OutBuf) -> bool {
+        let mut end = 0;
+        while let Some(&(s, e)) = self.marks.front() {
+            if s > seq {
+                break;
+            }
+            end = e;
+            self.marks.pop_front();
+        }
+        if end == 0 {
+            return false;
+        }
+        out.tail().extend_from_slice(&self.buf[..end]);
+        self.buf.drain(..end);
+        for m in &mut self.marks {
+            m.1 -= end;
+        }
+        if self.marks.is_empty() {
+            self.buf = Vec::new();
+        }
+        true
+    }
+}
+
+/// The core's lists of sessions with output to flush, held, or over the limit.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    dirty: Vec<usize>,
+    /// Sessions that passed `max_queued`, closed once the request is done.
+    overflowed: Vec<usize>,
+    /// Sessions with held replies: (key, serial).
+    held: Vec<(usize, u64)>,
+    max_queued: usize,
+}
+
+impl Outbox {
+    pub fn new(max_queued: usize) -> Outbox {
+        Outbox {
+            dirty: Vec::new(),
+            overflowed: Vec::new(),
+            held: Vec::new(),
+            max_queued,
+        }
+    }
+
+    /// Lists `key` for the next flush (once).
+    pub fn mark_dirty(&mut self, key: usize, o: &mut Output) {
+        if !o.dirty {
+            o.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Appends a push (or a reply that need not wait) to session `key`.
+    pub fn push(&mut self, key: usize, o: &mut Output, f: impl FnOnce(&mut Vec<u8>)) {
+        f(o.out.tail());
+        self.after_append(key, o);
+    }
+
+    /// Bookkeeping after `o.out` grew: listed for the flush, and for closing if over the limit.
+    pub fn after_append(&mut self, key: usize, o: &mut Output) {
+        self.mark_dirty(key, o);
+        if o.out.len() > self.max_queued {
+            self.overflowed.push(key);
+        }
+    }
+
+    /// Appends a reply: straight out, unless it waits for batch `seq` or earlier
+    /// replies wait.
+    pub fn reply(
+        &mut self,
+        key: usize,
+        serial: u64,
+        o: &mut Output,
+        seq: Option<u64>,
+        f: impl FnOnce(&mut Vec<u8>),
+    ) {
+        if seq.is_none() && !o.is_held() {
+            return self.push(key, o, f);
+        }
+        if !o.is_held() {
+            self.held.push((key, serial));
+        }
+        o.held.push(seq, f);
+    }
+
+    /// Journal batches up to `seq` are durable: moves the replies held for them into
+    /// their sessions' output. A session whose input was paused for holding too much
+    /// and no longer does is listed in `resumed` (the loop reads it again).
+    pub fn release(
+        &mut self,
+        seq: u64,
+        sessions: &mut Slab<Session>,
+        resumed: &mut Vec<(usize, u64)>,
+    ) {
+        let mut held = std::mem::take(&mut self.held);
+        held.retain(|&(key, serial)| {
+            let Some(s) = sessions.get_mut(key).filter(|s| s.serial == serial) else {
+                return false;
+            };
+            let was_paused = s.input_paused();
+            let o = &mut s.output;
+            if o.held.release(seq, &mut o.out) {
+                self.mark_dirty(key, o);
+                if was_paused && !s.input_paused() && !s.is_closing() {
+                    resumed.push((key, serial));
+                }
+            }
+            s.output.is_held()
+        });
+        self.held = held;
+    }
+
+    /// Takes the dirty list; give it back with [`Outbox::flushed`].
+    pub fn take_dirty(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Clears the flag of a session that was flushed.
+    pub fn clear_dirty(o: &mut Output) {
+        o.dirty = false;
+    }
+
+    /// Returns the (emptied) dirty list's allocation.
+    pub fn flushed(&mut self, mut keys: Vec<usize>) {
+        keys.clear();
+        if self.dirty.is_empty() {
+            self.dirty = keys;
+        }
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The next session that overflowed, to close as a slow reader.
+    pub fn pop_overflowed(&mut self) -> Option<usize> {
+        self.overflowed.pop()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_replies_keep_their_order_and_pushes_pass_them() {
+        let mut ob = Outbox::new(1 << 20);
+        let mut o = Output::default();
+        ob.reply(1, 7, &mut o, Some(3), |b| b.extend_from_slice(b"+SENT a\n"));
+        ob.reply(1, 7, &mut o, None, |b| b.extend_from_slice(b"+PONG\n"));
+        ob.push(1, &mut o, |b| b.extend_from_slice(b"*MSG 1 b hi\n"));
+        ob.reply(1, 7, &mut o, Some(4), |b| {
+            b.extend_from_slice(b"+BLOCKED c\n")
+        });
+        assert_eq!(o.out.pending(), b"*MSG 1 b hi\n");
+        assert!(o.held.release(3, &mut o.out));
+        assert_eq!(o.out.pending(), b"*MSG 1 b hi\n+SENT a\n+PONG\n");
+        assert!(o.is_held());
+        assert!(!o.held.release(3, &mut o.out));
+        assert!(o.held.release(4, &mut o.out));
+        assert_eq!(
+            o.out.pending(),
+            b"*MSG 1 b hi\n+SENT a\n+PONG\n+BLOCKED c\n"
+        );
+        assert!(!o.is_held());
+    }
+}

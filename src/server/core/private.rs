@@ -1,0 +1,93 @@
+//! Private (peer-to-peer) chat introductions: `PRIVATE <user>` gets the target's
+//! address and a one-time token, and the target is told to `*EXPECT` the requester
+//! with that token. The server only introduces; the conversation never passes here.
+
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+
+use log::info;
+
+use super::{Core, Cx, blocking};
+use crate::protocol::frames::{ErrorCode, Push, Reply};
+use crate::server::flood::Rate;
+
+/// Introductions one user may request: each puts a token in the target's client table
+/// for 30 s, so one user asking in a loop must not crowd out the others.
+pub(super) const RATE: Rate = Rate {
+    burst: 8.0,
+    per_sec: 8.0 / 30.0,
+};
+
+pub(super) struct Introductions {
+    keys: std::collections::hash_map::RandomState,
+    counter: u64,
+}
+
+impl Introductions {
+    pub fn new() -> Introductions {
+        Introductions {
+            keys: std::collections::hash_map::RandomState::new(),
+            counter: 0,
+        }
+    }
+
+    /// 128 bits, unpredictable to peers (SipHash keyed by the process's random keys
+    /// over a counter), unique per introduction.
+    fn token(&mut self) -> String {
+        let mut out = String::with_capacity(32);
+        for _ in 0..2 {
+            self.counter += 1;
+            let mut h = self.keys.build_hasher();
+            h.write_u64(self.counter);
+            out.push_str(&format!("{:016x}", h.finish()));
+        }
+        out
+    }
+}
+
+/// `PRIVATE <user>`: checks unknown user, self, blocked (whether or not the target is
+/// online), then offline, as the contract orders.
+pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
+    let Some(target) = blocking::target(core, cx, user) else {
+        return;
+    };
+    if core.blocking.has_blocked(target, cx.account) {
+        return core.error(cx.key, ErrorCode::BlockedBy, user);
+    }
+    let Some(tkey) = core.dir.locate(target) else {
+        return core.error(cx.key, ErrorCode::Offline, user);
+    };
+    let Some((ip, port)) = core
+        .sessions
+        .get_mut(tkey)
+        .and_then(|s| Some((s.peer.ip(), s.active_mut()?.peer_port)))
+    else {
+        return core.error(cx.key, ErrorCode::Offline, user);
+    };
+    let Some(port) = port else {
+        return core.error(cx.key, ErrorCode::NoPeer, user);
+    };
+    if let Some(a) = core.sessions.get_mut(cx.key).and_then(|s| s.active_mut())
+        && a.intros.take(RATE, cx.now).is_err()
+    {
+        info!("conn {}: too many private introductions, refused", cx.key);
+        return core.error(cx.key, ErrorCode::RateLimited, "");
+    }
+    let token = core.private.token();
+    let me: Box<str> = core.dir.name(cx.account).into();
+    core.push(tkey, |out| {
+        Push::Expect {
+            user: &me,
+            token: &token,
+        }
+        .encode(out)
+    });
+    core.reply(
+        cx.key,
+        Reply::Peer {
+            user,
+            addr: SocketAddr::new(ip, port),
+            token: &token,
+        },
+    );
+}

@@ -1,0 +1,119 @@
+//! One connection as the core sees it: the per-connection state machine.
+//!
+//! `Hello` (waiting for the handshake) → `Login` (waiting for a successful login;
+//! remembers the account a `USER` named) → `Active` (logged in) → `Closing` (closed by
+//! the core; the loop flushes what is left and sweeps it). State that exists in one
+//! phase lives in that phase's variant: the login deadline only before login, the
+//! in-flight window and the inactivity timer only while active. Whether input is
+//! handled now is the [`Gate`], orthogonal to the phase: a verification in progress
+//! (with the login it will finish) or flood control.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::flood::TokenBucket;
+use super::outbox::Output;
+use super::{AccountId, Stored};
+use crate::protocol::LineDecoder;
+use crate::server::timer::TimerHandle;
+
+pub(crate) struct Session {
+    pub peer: SocketAddr,
+    /// Unique for the life of the process: stale timers and verdicts carry it.
+    pub serial: u64,
+    pub output: Output,
+    pub decoder: LineDecoder,
+    pub phase: Phase,
+    pub gate: Gate,
+    pub live: Liveness,
+    /// Flood-control tokens (commands), refilled at `flood_rate` up to `flood_burst`.
+    pub tokens: TokenBucket,
+}
+
+pub(crate) enum Phase {
+    /// Waiting for `HELLO`.
+    Hello {
+        login_timer: Option<TimerHandle>,
+    },
+    /// Handshake done, waiting for a successful login; `user` is the account a `USER`
+    /// named, whose password a `PASS` gives.
+    Login {
+        login_timer: Option<TimerHandle>,
+        user: Option<AccountId>,
+    },
+    Active(Active),
+    /// Closed by the core; waiting for the loop to flush and sweep it.
+    Closing,
+}
+
+/// A logged-in session.
+pub(crate) struct Active {
+    pub account: AccountId,
+    pub last_activity: Instant,
+    pub peer_port: Option<u16>,
+    /// Direct messages sent and not yet acknowledged, oldest first.
+    pub inflight: VecDeque<Stored>,
+    pub idle_timer: Option<TimerHandle>,
+    /// Private introductions this user may still ask for (see `private::RATE`).
+    pub intros: TokenBucket,
+}
+
+/// Whether a session's requests are handled now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    Open,
+    /// Its password hash is being verified; the verdict finishes this login.
+    Verifying {
+        account: AccountId,
+        peer_port: Option<u16>,
+    },
+    /// Over the flood limit: resumes when a token is back.
+    Throttled,
+}
+
+/// The liveness check: a silent connection is pinged, and dropped if nothing answers.
+pub(crate) struct Liveness {
+    pub last_rx: Instant,
+    pub ping_seq: u64,
+    pub ping_sent: Option<Instant>,
+    pub timer: Option<TimerHandle>,
+}
+
+impl Session {
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing)
+    }
+
+    /// Whether the session's input waits (verification, flood control, too many
+    /// replies held for the disk): the loop stops reading its socket until the core
+    /// lists it as resumed.
+    pub fn input_paused(&self) -> bool {
+        self.gate != Gate::Open || self.decoder.is_paused() || self.output.held_too_much()
+    }
+
+    pub fn active_mut(&mut self) -> Option<&mut Active> {
+        match &mut self.phase {
+            Phase::Active(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Releases idle buffers (called when the connection has been quiet).
+    pub fn shrink(&mut self) {
+        self.decoder.shrink();
+        self.output.out.shrink(0);
+    }
+}
+
+/// The session `key` if it is still the one with `serial` and not closing (a free
+/// function over the table, so callers can borrow other parts of the core meanwhile).
+pub(crate) fn current(
+    sessions: &mut slab::Slab<Session>,
+    key: usize,
+    serial: u64,
+) -> Option<&mut Session> {
+    sessions
+        .get_mut(key)
+        .filter(|s| s.serial == serial && !s.is_closing())
+}
