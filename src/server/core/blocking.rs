@@ -11,10 +11,33 @@ use crate::protocol::frames::{ErrorCode, Reply};
 #[derive(Default)]
 pub(super) struct Blocking {
     /// Accounts each account has blocked.
-    pub blocks: PerAccount<HashSet<AccountId>>,
+    blocks: PerAccount<HashSet<AccountId>>,
+    /// How many accounts have blocked each account: a broadcast from someone nobody
+    /// blocked (the usual case) skips every per-recipient check.
+    blockers: PerAccount<u32>,
 }
 
 impl Blocking {
+    /// Records that `who` blocks (`on`) or unblocks `whom`; returns whether it changed.
+    pub fn set(&mut self, who: AccountId, whom: AccountId, on: bool) -> bool {
+        let set = self.blocks.get_mut(who);
+        let changed = if on {
+            set.insert(whom)
+        } else {
+            set.remove(&whom)
+        };
+        if changed {
+            let n = self.blockers.get_mut(whom);
+            *n = if on { *n + 1 } else { n.saturating_sub(1) };
+        }
+        changed
+    }
+
+    /// Whether anyone has blocked `whom`.
+    pub fn is_blocked_by_anyone(&self, whom: AccountId) -> bool {
+        self.blockers.get(whom).is_some_and(|&n| n > 0)
+    }
+
     pub fn has_blocked(&self, who: AccountId, whom: AccountId) -> bool {
         self.blocks.get(who).is_some_and(|b| b.contains(&whom))
     }
@@ -46,7 +69,7 @@ pub(super) fn block(core: &mut Core, cx: Cx, user: &str) {
     let Some(whom) = target(core, cx, user) else {
         return;
     };
-    let changed = core.blocking.blocks.get_mut(cx.account).insert(whom);
+    let changed = core.blocking.set(cx.account, whom, true);
     if changed {
         core.store.block(core.dir.name(cx.account), user, true);
     }
@@ -58,7 +81,7 @@ pub(super) fn unblock(core: &mut Core, cx: Cx, user: &str) {
     let Some(whom) = target(core, cx, user) else {
         return;
     };
-    if !core.blocking.blocks.get_mut(cx.account).remove(&whom) {
+    if !core.blocking.set(cx.account, whom, false) {
         return core.error(cx.key, ErrorCode::NotBlocked, user);
     }
     core.store.block(core.dir.name(cx.account), user, false);

@@ -162,7 +162,7 @@ pub(super) fn restore(core: &mut Core, rec: Recovered, now: Instant) {
         let id = core.dir.id_or_ghost(name);
         for b in &user.blocks {
             let whom = core.dir.id_or_ghost(b);
-            core.blocking.blocks.get_mut(id).insert(whom);
+            core.blocking.set(id, whom, true);
         }
         for m in &user.mailbox {
             let from = core.dir.id_or_ghost(&m.from);

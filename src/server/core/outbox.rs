@@ -38,6 +38,14 @@ impl Output {
     pub fn held_too_much(&self) -> bool {
         self.held.buf.len() > HELD_MAX
     }
+
+    /// Gives idle buffers back.
+    pub fn shrink(&mut self) {
+        self.out.shrink(0);
+        if self.held.marks.is_empty() {
+            self.held.buf = Vec::new();
+        }
+    }
 }
 
 /// Replies held until the journal batch they depend on is durable.
@@ -83,7 +91,9 @@ impl Held {
             m.1 -= end;
         }
         if self.marks.is_empty() {
-            self.buf = Vec::new();
+            // Kept for the next reply to hold (under `--fsync always` nearly every
+            // sender's); given back when the connection goes quiet (`shrink`).
+            self.buf.clear();
         }
         true
     }

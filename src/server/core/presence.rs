@@ -17,13 +17,14 @@ pub(super) fn fan_out(
     mut write: impl FnMut(&mut OutBuf),
 ) -> (u32, u32) {
     let (mut delivered, mut blocked) = (0u32, 0u32);
-    let blocks_of_from = core.blocking.blocked_by(from);
+    let blocks_of_from = core.blocking.blocked_by(from).filter(|b| !b.is_empty());
+    let blockers = skip_blockers && core.blocking.is_blocked_by_anyone(from);
     for &other in core.dir.online() {
         if other == from {
             continue;
         }
         let skip = if skip_blockers {
-            core.blocking.has_blocked(other, from)
+            blockers && core.blocking.has_blocked(other, from)
         } else {
             blocks_of_from.is_some_and(|b| b.contains(&other))
         };

@@ -102,7 +102,7 @@ impl Session {
     /// Releases idle buffers (called when the connection has been quiet).
     pub fn shrink(&mut self) {
         self.decoder.shrink();
-        self.output.out.shrink(0);
+        self.output.shrink();
     }
 }
 
