@@ -10,12 +10,13 @@
 //!
 //! The binaries in `src/bin/` only turn command-line flags into a checked config and
 //! call into this library.
+#![warn(unreachable_pub, missing_docs)]
 
 pub mod cli;
 pub mod client;
 pub mod loadgen;
 pub mod logging;
-pub mod net;
+pub(crate) mod net;
 pub mod protocol;
 pub mod server;
 pub mod units;

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 
 /// The outcome of one non-blocking read or write attempt.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// `n > 0` bytes moved.
     Done(usize),
     /// The socket has nothing more for now; wait for the next readiness event.
@@ -20,7 +20,7 @@ pub enum Step {
 }
 
 /// Reads once into `buf`, retrying on `Interrupted`.
-pub fn read_step(r: &mut impl Read, buf: &mut [u8]) -> Step {
+pub(crate) fn read_step(r: &mut impl Read, buf: &mut [u8]) -> Step {
     loop {
         return match r.read(buf) {
             Ok(0) => Step::Closed,
@@ -33,7 +33,7 @@ pub fn read_step(r: &mut impl Read, buf: &mut [u8]) -> Step {
 }
 
 /// Writes once from `buf`, retrying on `Interrupted`.
-pub fn write_step(w: &mut impl Write, buf: &[u8]) -> Step {
+pub(crate) fn write_step(w: &mut impl Write, buf: &[u8]) -> Step {
     loop {
         return match w.write(buf) {
             Ok(0) => Step::Closed,
@@ -47,7 +47,7 @@ pub fn write_step(w: &mut impl Write, buf: &[u8]) -> Step {
 
 /// Writes as much of `buf` as the socket takes now; returns bytes written, or an error
 /// when the connection is over.
-pub fn write_until_blocked(w: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
+pub(crate) fn write_until_blocked(w: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match write_step(w, &buf[done..]) {
@@ -63,7 +63,7 @@ pub fn write_until_blocked(w: &mut impl Write, buf: &[u8]) -> io::Result<usize> 
 /// Keeps a connection's write interest in step with whether it has output pending:
 /// re-registers only when `want` differs from `*current` (which it then updates).
 /// Readable interest is always kept.
-pub fn sync_write_interest(
+pub(crate) fn sync_write_interest(
     registry: &mio::Registry,
     source: &mut impl mio::event::Source,
     token: mio::Token,

@@ -46,8 +46,11 @@ const SERVER_MAX_QUEUED: usize = 256 << 10;
 /// What the client needs to start.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// The server's address.
     pub server: SocketAddr,
+    /// Log in as this user (skips the username prompt).
     pub user: Option<String>,
+    /// The password to answer the password prompt with, once (from `NATTER_PASSWORD`).
     pub password: Option<String>,
     /// Leave every prompt out (scripts that want only output lines).
     pub quiet: bool,
@@ -58,7 +61,9 @@ pub struct ClientConfig {
 /// Why the client could not start.
 #[derive(Debug)]
 pub enum ClientError {
+    /// The server could not be reached.
     Connect(SocketAddr, io::Error),
+    /// A local resource (poll, signals, listener) could not be set up.
     Setup(io::Error),
 }
 

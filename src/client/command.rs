@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::units::parse_duration;
 
 /// Names of the commands, for Tab completion.
-pub const COMMANDS: [&str; 10] = [
+pub(super) const COMMANDS: [&str; 10] = [
     "message",
     "broadcast",
     "whoelse",
@@ -19,7 +19,7 @@ pub const COMMANDS: [&str; 10] = [
 ];
 
 /// Commands whose first argument is a user name (Tab completes names there).
-pub fn takes_user(command: &str) -> bool {
+pub(super) fn takes_user(command: &str) -> bool {
     matches!(
         command,
         "message" | "block" | "unblock" | "startprivate" | "private" | "stopprivate"
@@ -28,7 +28,7 @@ pub fn takes_user(command: &str) -> bool {
 
 /// One command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command<'a> {
+pub(super) enum Command<'a> {
     /// Blank line: does nothing.
     Empty,
     Message {
@@ -83,7 +83,7 @@ fn user_and_text(rest: &str) -> Option<(&str, &str)> {
 }
 
 /// Parses one line (without its newline).
-pub fn parse(line: &str) -> Command<'_> {
+pub(super) fn parse(line: &str) -> Command<'_> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let (cmd, rest) = word(line);
     let parsed = match cmd {

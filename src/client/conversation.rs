@@ -82,7 +82,11 @@ pub(crate) struct Conversation {
 
 impl Conversation {
     /// Starts the handshake (and, with `--user`, the username step at once).
-    pub fn new(user: Option<String>, password: Option<String>, peer_port: Option<u16>) -> Self {
+    pub(super) fn new(
+        user: Option<String>,
+        password: Option<String>,
+        peer_port: Option<u16>,
+    ) -> Self {
         let mut c = Conversation {
             stage: Stage::AskUser,
             pending: VecDeque::new(),
@@ -112,33 +116,33 @@ impl Conversation {
         c
     }
 
-    pub fn stage(&self) -> &Stage {
+    pub(super) fn stage(&self) -> &Stage {
         &self.stage
     }
 
     /// Who we are logged in as (empty before).
-    pub fn me(&self) -> &str {
+    pub(super) fn me(&self) -> &str {
         &self.me
     }
 
     /// Names seen so far (for completion).
-    pub fn known_users(&self) -> &BTreeSet<String> {
+    pub(super) fn known_users(&self) -> &BTreeSet<String> {
         &self.known_users
     }
 
     /// A peer we chat with privately is a known name too.
-    pub fn know(&mut self, user: &str) {
+    pub(super) fn know(&mut self, user: &str) {
         self.known_users.insert(user.to_string());
     }
 
     /// How long the server may stay silent before it counts as gone; `None` until the
     /// handshake is answered.
-    pub fn silence_limit(&self) -> Option<Duration> {
+    pub(super) fn silence_limit(&self) -> Option<Duration> {
         self.silence
     }
 
     /// Whether the next typed line can be taken now.
-    pub fn ready_for_line(&self) -> bool {
+    pub(super) fn ready_for_line(&self) -> bool {
         match self.stage {
             Stage::AskUser | Stage::AskPassword(_) => {
                 self.pending.iter().all(|p| *p == Pending::Hello)
@@ -152,7 +156,7 @@ impl Conversation {
     }
 
     /// The prompt for the next line.
-    pub fn prompt(&self) -> &'static str {
+    pub(super) fn prompt(&self) -> &'static str {
         match self.stage {
             Stage::AskUser => r::USERNAME_PROMPT,
             Stage::AskPassword(_) => r::PASSWORD_PROMPT,
@@ -162,16 +166,16 @@ impl Conversation {
     }
 
     /// Whether the line being typed is a password (not echoed, not kept).
-    pub fn secret(&self) -> bool {
+    pub(super) fn secret(&self) -> bool {
         matches!(self.stage, Stage::AskPassword(_))
     }
 
     /// Requests to send to the server.
-    pub fn take_output(&mut self) -> Vec<u8> {
+    pub(super) fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
     }
 
-    pub fn take_effects(&mut self) -> Vec<Effect> {
+    pub(super) fn take_effects(&mut self) -> Vec<Effect> {
         std::mem::take(&mut self.effects)
     }
 
@@ -200,7 +204,7 @@ impl Conversation {
     // ---- what the user typed ------------------------------------------------------
 
     /// One line the user typed (taken only when [`Conversation::ready_for_line`]).
-    pub fn typed(&mut self, line: &str) {
+    pub(super) fn typed(&mut self, line: &str) {
         if self.done {
             return;
         }
@@ -304,7 +308,7 @@ impl Conversation {
 
     /// `logout`, end of input, Ctrl-C or a signal: log out cleanly if logged in.
     /// Returns whether a `LOGOUT` is on its way (the caller waits a moment for `+BYE`).
-    pub fn begin_logout(&mut self) -> bool {
+    pub(super) fn begin_logout(&mut self) -> bool {
         match self.stage {
             Stage::Active => {
                 self.request(Request::Logout, Pending::Logout);
@@ -322,7 +326,7 @@ impl Conversation {
     // ---- what the server sent -----------------------------------------------------
 
     /// One line from the server.
-    pub fn server_line(&mut self, line: &str) {
+    pub(super) fn server_line(&mut self, line: &str) {
         if self.done {
             return;
         }
@@ -343,7 +347,7 @@ impl Conversation {
 
     /// After a batch of server lines: one `ACK` for every message shown, one `PONG` for
     /// however many `*PING`s came.
-    pub fn end_of_batch(&mut self) {
+    pub(super) fn end_of_batch(&mut self) {
         if let Some(id) = self.ack_due.take() {
             Request::Ack { id }.encode(&mut self.out);
         }
@@ -353,7 +357,7 @@ impl Conversation {
     }
 
     /// The server closed the connection.
-    pub fn server_closed(&mut self) {
+    pub(super) fn server_closed(&mut self) {
         if self.done {
             return;
         }

@@ -9,7 +9,7 @@
 
 /// A decoded key press.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Key {
+pub(super) enum Key {
     Char(char),
     /// Ctrl plus a letter, lower-case.
     Ctrl(char),
@@ -28,7 +28,7 @@ pub enum Key {
 
 impl Key {
     /// Maps the terminal-sequence parser's output to our keys.
-    pub fn from_anes(seq: anes::parser::Sequence) -> Key {
+    pub(super) fn from_anes(seq: anes::parser::Sequence) -> Key {
         use anes::parser::{KeyCode, KeyModifiers, Sequence};
         match seq {
             Sequence::Key(code, mods) => match code {
@@ -57,7 +57,7 @@ impl Key {
 
 /// What a key press asks the client to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+pub(super) enum Action {
     /// Nothing visible changed.
     None,
     /// The input line changed: redraw it.
@@ -75,7 +75,7 @@ pub enum Action {
 const HISTORY_MAX: usize = 500;
 
 #[derive(Debug, Default)]
-pub struct Editor {
+pub(super) struct Editor {
     buf: Vec<char>,
     cursor: usize,
     history: Vec<String>,
@@ -93,17 +93,17 @@ fn set(buf: &mut Vec<char>, s: &str) {
 }
 
 impl Editor {
-    pub fn line(&self) -> String {
+    pub(super) fn line(&self) -> String {
         self.buf.iter().collect()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 
     /// Handles one key; `complete` lists candidates for the word being completed
     /// given (is_first_word, command, prefix).
-    pub fn key(&mut self, key: Key, complete: &dyn Fn(bool, &str, &str) -> Vec<String>) -> Action {
+    pub(super) fn key(
+        &mut self,
+        key: Key,
+        complete: &dyn Fn(bool, &str, &str) -> Vec<String>,
+    ) -> Action {
         match key {
             Key::Char(c) if !c.is_control() => {
                 self.buf.insert(self.cursor, c);
@@ -231,7 +231,7 @@ impl Editor {
     }
 
     /// Escape sequences that redraw `prompt` and the input line with the cursor in place.
-    pub fn render(&self, prompt: &str, out: &mut String) {
+    pub(super) fn render(&self, prompt: &str, out: &mut String) {
         out.push_str("\r\x1b[K");
         out.push_str(prompt);
         if self.secret {

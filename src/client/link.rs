@@ -18,7 +18,7 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    pub fn new(stream: TcpStream) -> Link {
+    pub(super) fn new(stream: TcpStream) -> Link {
         Link {
             stream,
             decoder: LineDecoder::default(),
@@ -26,18 +26,18 @@ impl Link {
         }
     }
 
-    pub fn send_bytes(&mut self, bytes: &[u8]) {
+    pub(super) fn send_bytes(&mut self, bytes: &[u8]) {
         self.out.tail().extend_from_slice(bytes);
     }
 
-    pub fn send_raw(&mut self, line: &str) {
+    pub(super) fn send_raw(&mut self, line: &str) {
         let t = self.out.tail();
         t.extend_from_slice(line.as_bytes());
         t.push(b'\n');
     }
 
     /// Writes what the socket takes now; Err means the link is dead.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(super) fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
             let n = write_until_blocked(&mut self.stream, self.out.pending())?;
             self.out.consume(n);
@@ -49,7 +49,7 @@ impl Link {
     /// and whether the stream ended. `more` is set when the budget ran out before the
     /// socket did: the caller must come back (readiness is edge-triggered), and a
     /// peer that sends without pause cannot make us hold more than a budget's lines.
-    pub fn read_lines(&mut self, buf: &mut [u8], more: &mut bool) -> (Vec<String>, bool) {
+    pub(super) fn read_lines(&mut self, buf: &mut [u8], more: &mut bool) -> (Vec<String>, bool) {
         let mut lines = Vec::new();
         let mut budget = READ_BUDGET;
         loop {

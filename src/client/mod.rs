@@ -1,6 +1,6 @@
 //! `natter`: the terminal client.
 //!
-//! - [`app`]: the client's mio loop (stdin, server link, signals, peer connections),
+//! - `app`: the client's mio loop (stdin, server link, signals, peer connections),
 //!   moving bytes and time between the parts below;
 //! - `conversation`: the dialogue with the server as a sans-IO state machine (typed
 //!   lines and server lines in, requests and effects out), unit-tested on its own;
@@ -8,18 +8,18 @@
 //!   strangers);
 //! - `screen`: what is written to stdout (escaped), prompts, the redrawn input line;
 //! - `link`: a line-framed TCP connection with a read budget;
-//! - [`command`]: parsing what the user typed;
-//! - [`render`]: every string the user sees, and `visible` (network text made safe);
-//! - [`editor`]: the line editor used on a terminal;
+//! - `command`: parsing what the user typed;
+//! - `render`: every string the user sees, and `visible` (network text made safe);
+//! - `editor`: the line editor used on a terminal;
 //! - [`terminal`]: terminal modes, restored on every exit path.
 
-pub mod app;
-pub mod command;
+mod app;
+mod command;
 mod conversation;
-pub mod editor;
+mod editor;
 mod link;
 mod peers;
-pub mod render;
+mod render;
 mod screen;
 pub mod terminal;
 

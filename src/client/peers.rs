@@ -114,7 +114,7 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    pub fn new(listener: Option<TcpListener>) -> Peers {
+    pub(super) fn new(listener: Option<TcpListener>) -> Peers {
         Peers {
             listener,
             peers: Slab::new(),
@@ -131,21 +131,21 @@ impl Peers {
     }
 
     /// Who we are (known once logged in): the name we say hello with.
-    pub fn set_me(&mut self, me: &str) {
+    pub(super) fn set_me(&mut self, me: &str) {
         if self.me != me {
             self.me = me.to_string();
         }
     }
 
     /// Whether an outbound private connection is being set up (input waits for it).
-    pub fn connecting(&self) -> bool {
+    pub(super) fn connecting(&self) -> bool {
         self.connecting.is_some()
     }
 
     /// Remembers an introduction. Each introducing user keeps at most
     /// `TOKENS_PER_USER` tokens (its oldest goes first), so a user who asks for
     /// introductions in a loop only ever displaces its own.
-    pub fn expect(&mut self, registry: &Registry, user: &str, token: &str, now: Instant) {
+    pub(super) fn expect(&mut self, registry: &Registry, user: &str, token: &str, now: Instant) {
         self.expected.retain(|_, i| i.expires > now);
         let oldest = |e: &HashMap<String, Intro>, only: Option<&str>| {
             e.iter()
@@ -184,7 +184,7 @@ impl Peers {
     }
 
     /// `private <to> <text>`.
-    pub fn send_private(&mut self, registry: &Registry, to: &str, text: &str) {
+    pub(super) fn send_private(&mut self, registry: &Registry, to: &str, text: &str) {
         match self.sessions.get(to).copied() {
             // The peer escapes what it shows, but we send nothing a server would refuse.
             Some(_) if !crate::protocol::frames::clean_text(text) => {
@@ -200,7 +200,7 @@ impl Peers {
     }
 
     /// `stopprivate <user>`.
-    pub fn stop_private(&mut self, registry: &Registry, user: &str) {
+    pub(super) fn stop_private(&mut self, registry: &Registry, user: &str) {
         match self.sessions.remove(user) {
             Some(key) => {
                 self.send(registry, key, &PeerFrame::Stop.to_line());
@@ -237,7 +237,7 @@ impl Peers {
     }
 
     /// Opens the private connection `startprivate` asked for.
-    pub fn connect(
+    pub(super) fn connect(
         &mut self,
         registry: &Registry,
         user: String,
@@ -261,7 +261,7 @@ impl Peers {
     }
 
     /// Accepts connections on the peer port.
-    pub fn accept(&mut self, registry: &Registry, now: Instant) {
+    pub(super) fn accept(&mut self, registry: &Registry, now: Instant) {
         loop {
             let Some(listener) = &self.listener else {
                 return;
@@ -339,7 +339,7 @@ impl Peers {
     }
 
     /// An event on peer connection `key` (or a read the budget left over).
-    pub fn event(
+    pub(super) fn event(
         &mut self,
         registry: &Registry,
         key: usize,
@@ -475,7 +475,7 @@ impl Peers {
     }
 
     /// Writes what every peer link has queued; a dead link is lost.
-    pub fn flush(&mut self, registry: &Registry) {
+    pub(super) fn flush(&mut self, registry: &Registry) {
         let dead: Vec<usize> = self
             .peers
             .iter_mut()
@@ -490,7 +490,7 @@ impl Peers {
     }
 
     /// The earliest deadline of a connection being set up.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.peers
             .iter()
             .filter_map(|(_, p)| p.state.deadline())
@@ -498,7 +498,7 @@ impl Peers {
     }
 
     /// Gives up on connections past their deadline.
-    pub fn expire(&mut self, registry: &Registry, now: Instant) {
+    pub(super) fn expire(&mut self, registry: &Registry, now: Instant) {
         let late: Vec<usize> = self
             .peers
             .iter()

@@ -4,88 +4,88 @@
 
 use crate::protocol::frames::ErrorCode;
 
-pub const WELCOME: &str = "Welcome to the greatest messaging application ever!";
-pub const INVALID_USERNAME: &str = "Invalid Username. Please try again";
-pub const INVALID_PASSWORD: &str = "Invalid Password. Please try again";
-pub const LOCKED_NOW: &str =
+pub(super) const WELCOME: &str = "Welcome to the greatest messaging application ever!";
+pub(super) const INVALID_USERNAME: &str = "Invalid Username. Please try again";
+pub(super) const INVALID_PASSWORD: &str = "Invalid Password. Please try again";
+pub(super) const LOCKED_NOW: &str =
     "Invalid Password. Your account has been blocked. Please try again later";
-pub const LOCKED: &str =
+pub(super) const LOCKED: &str =
     "Your account is blocked due to multiple login failures. Please try again later";
-pub const ALREADY_ONLINE: &str = "This account is already logged in";
-pub const INVALID_COMMAND: &str = "Error. Invalid command";
-pub const INVALID_USER: &str = "Error. Invalid user";
-pub const MESSAGE_SELF: &str = "Error. Cannot message self";
-pub const MESSAGE_BLOCKED: &str =
+pub(super) const ALREADY_ONLINE: &str = "This account is already logged in";
+pub(super) const INVALID_COMMAND: &str = "Error. Invalid command";
+pub(super) const INVALID_USER: &str = "Error. Invalid user";
+pub(super) const MESSAGE_SELF: &str = "Error. Cannot message self";
+pub(super) const MESSAGE_BLOCKED: &str =
     "Your message could not be delivered as the recipient has blocked you";
-pub const BROADCAST_BLOCKED: &str = "Your message could not be delivered to some recipients";
-pub const BLOCK_SELF: &str = "Error. Cannot block self";
-pub const UNBLOCK_SELF: &str = "Error. Cannot unblock self";
-pub const PRIVATE_SELF: &str = "Error. Cannot start private messaging with self";
-pub const TIMED_OUT: &str = "You have been logged out due to inactivity";
-pub const USERNAME_PROMPT: &str = "Username: ";
-pub const PASSWORD_PROMPT: &str = "Password: ";
-pub const PROMPT: &str = "> ";
+pub(super) const BROADCAST_BLOCKED: &str = "Your message could not be delivered to some recipients";
+pub(super) const BLOCK_SELF: &str = "Error. Cannot block self";
+pub(super) const UNBLOCK_SELF: &str = "Error. Cannot unblock self";
+pub(super) const PRIVATE_SELF: &str = "Error. Cannot start private messaging with self";
+pub(super) const TIMED_OUT: &str = "You have been logged out due to inactivity";
+pub(super) const USERNAME_PROMPT: &str = "Username: ";
+pub(super) const PASSWORD_PROMPT: &str = "Password: ";
+pub(super) const PROMPT: &str = "> ";
 
-pub fn chat_line(from: &str, text: &str) -> String {
+pub(super) fn chat_line(from: &str, text: &str) -> String {
     format!("{from}: {text}")
 }
-pub fn private_line(from: &str, text: &str) -> String {
+pub(super) fn private_line(from: &str, text: &str) -> String {
     format!("{from}(private): {text}")
 }
-pub fn logged_in(user: &str) -> String {
+pub(super) fn logged_in(user: &str) -> String {
     format!("{user} logged in")
 }
-pub fn logged_out(user: &str) -> String {
+pub(super) fn logged_out(user: &str) -> String {
     format!("{user} logged out")
 }
-pub fn blocked(user: &str) -> String {
+pub(super) fn blocked(user: &str) -> String {
     format!("{user} is blocked")
 }
-pub fn unblocked(user: &str) -> String {
+pub(super) fn unblocked(user: &str) -> String {
     format!("{user} is unblocked")
 }
-pub fn not_blocked(user: &str) -> String {
+pub(super) fn not_blocked(user: &str) -> String {
     format!("Error. {user} was not blocked")
 }
-pub fn has_blocked_you(user: &str) -> String {
+pub(super) fn has_blocked_you(user: &str) -> String {
     format!("Error. {user} has blocked you")
 }
-pub fn offline(user: &str) -> String {
+pub(super) fn offline(user: &str) -> String {
     format!("Error. {user} is offline")
 }
-pub fn private_started(user: &str) -> String {
+pub(super) fn private_started(user: &str) -> String {
     format!("Start private messaging with {user}")
 }
-pub fn private_stopped(user: &str) -> String {
+pub(super) fn private_stopped(user: &str) -> String {
     format!("Stop private messaging with {user}")
 }
-pub fn peer_stopped(user: &str) -> String {
+pub(super) fn peer_stopped(user: &str) -> String {
     format!("{user} stopped private messaging")
 }
-pub fn private_not_enabled(user: &str) -> String {
+pub(super) fn private_not_enabled(user: &str) -> String {
     format!("Error. Private messaging to {user} not enabled")
 }
-pub fn no_longer_online(user: &str) -> String {
+pub(super) fn no_longer_online(user: &str) -> String {
     format!("Error. {user} is no longer online")
 }
 /// Not in the classic contract: documented in docs/protocol.md.
-pub fn mailbox_full(user: &str) -> String {
+pub(super) fn mailbox_full(user: &str) -> String {
     format!("Error. {user}'s mailbox is full, message not delivered")
 }
-pub fn private_unreachable(user: &str) -> String {
+pub(super) fn private_unreachable(user: &str) -> String {
     format!("Error. Cannot connect to {user} for private messaging")
 }
-pub fn too_long(limit: &str) -> String {
+pub(super) fn too_long(limit: &str) -> String {
     format!("Error. Line too long (limit {limit} bytes)")
 }
-pub const RATE_LIMITED: &str = "Error. You are sending too fast; slow down";
-pub const STORE_UNAVAILABLE: &str =
+pub(super) const RATE_LIMITED: &str = "Error. You are sending too fast; slow down";
+pub(super) const STORE_UNAVAILABLE: &str =
     "Error. The server cannot store messages right now. Please try again later";
-pub const SERVER_LOST: &str = "Connection to the server lost";
-pub const SERVER_TIMEOUT: &str = "Connection to the server timed out";
-pub const SERVER_NOT_READING: &str = "Disconnected: the server stopped reading";
-pub const BAD_REPLY: &str = "Error. The server sent a reply this client cannot read";
-pub const BAD_TEXT: &str = "Error. Messages cannot contain control characters";
+pub(super) const SERVER_LOST: &str = "Connection to the server lost";
+pub(super) const SERVER_TIMEOUT: &str = "Connection to the server timed out";
+pub(super) const SERVER_NOT_READING: &str = "Disconnected: the server stopped reading";
+pub(super) const BAD_REPLY: &str = "Error. The server sent a reply this client cannot read";
+pub(super) const BAD_TEXT: &str = "Error. Messages cannot contain control characters";
 
 /// Text from the network made safe to print: every character that would act on a
 /// terminal or on the layout of the line instead of being shown (the characters
@@ -93,7 +93,7 @@ pub const BAD_TEXT: &str = "Error. Messages cannot contain control characters";
 /// caret notation (`^[` for ESC, `^M` for CR), DEL as `^?`, and C1 controls, line and
 /// paragraph separators and bidirectional embeddings/overrides/isolates as `\u{202e}`.
 /// Printed this way, one message is always one line that starts with its real sender.
-pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+pub(super) fn visible(text: &str) -> std::borrow::Cow<'_, str> {
     if crate::protocol::frames::clean_text(text) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -115,7 +115,7 @@ pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// What `*BYE <reason>` shows.
-pub fn bye(reason: &str) -> String {
+pub(super) fn bye(reason: &str) -> String {
     match reason {
         "shutdown" => "The server is shutting down".to_string(),
         "slow-reader" => "Disconnected by the server: not reading fast enough".to_string(),
@@ -133,7 +133,7 @@ pub fn bye(reason: &str) -> String {
 
 /// The request a reply answers, which decides how an error code reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Pending {
+pub(super) enum Pending {
     Hello,
     /// The username step of the login dialogue.
     User,
@@ -149,7 +149,7 @@ pub enum Pending {
 }
 
 /// The line for an error reply to `pending` (None: not shown).
-pub fn error_line(pending: &Pending, code: ErrorCode, arg: &str) -> String {
+pub(super) fn error_line(pending: &Pending, code: ErrorCode, arg: &str) -> String {
     use ErrorCode::*;
     match (pending, code) {
         (_, UnknownCommand | BadArguments) => INVALID_COMMAND.to_string(),

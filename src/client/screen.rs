@@ -25,7 +25,7 @@ pub(crate) struct Screen {
 }
 
 impl Screen {
-    pub fn new(interactive: bool, quiet: bool) -> Screen {
+    pub(super) fn new(interactive: bool, quiet: bool) -> Screen {
         Screen {
             interactive,
             quiet,
@@ -36,17 +36,17 @@ impl Screen {
         }
     }
 
-    pub fn interactive(&self) -> bool {
+    pub(super) fn interactive(&self) -> bool {
         self.interactive
     }
 
     /// The prompt to show, or nothing with `--quiet`.
-    pub fn prompt<'a>(&self, prompt: &'a str) -> &'a str {
+    pub(super) fn prompt<'a>(&self, prompt: &'a str) -> &'a str {
         if self.quiet { "" } else { prompt }
     }
 
     /// Prints one line of output above the input line.
-    pub fn line(&mut self, text: &str) {
+    pub(super) fn line(&mut self, text: &str) {
         if self.interactive {
             self.buf.push_str("\r\x1b[K");
             self.redraw = true;
@@ -56,7 +56,7 @@ impl Screen {
     }
 
     /// On a pipe, prints the prompt for the next line of input, once.
-    pub fn show_prompt(&mut self, prompt: &str) {
+    pub(super) fn show_prompt(&mut self, prompt: &str) {
         if !self.interactive && !self.prompt_shown {
             self.prompt_shown = true;
             let p = self.prompt(prompt);
@@ -65,30 +65,30 @@ impl Screen {
     }
 
     /// A line of input was taken: the next one gets its prompt.
-    pub fn line_taken(&mut self) {
+    pub(super) fn line_taken(&mut self) {
         self.prompt_shown = false;
         self.redraw = true;
     }
 
     /// Something changed that the input line shows.
-    pub fn redraw(&mut self) {
+    pub(super) fn redraw(&mut self) {
         self.redraw = true;
     }
 
     /// Leaves a submitted line on screen (without a password) after its prompt.
-    pub fn submitted(&mut self, prompt: &str, shown: &str) {
+    pub(super) fn submitted(&mut self, prompt: &str, shown: &str) {
         let p = self.prompt(prompt);
         self.buf.push_str(&format!("\r\x1b[K{p}{shown}\n"));
         self.redraw = true;
     }
 
     /// Raw bytes for the terminal (a newline after Ctrl-C).
-    pub fn raw(&mut self, s: &str) {
+    pub(super) fn raw(&mut self, s: &str) {
         self.buf.push_str(s);
     }
 
     /// Redraws the input line if needed (terminal), then writes everything.
-    pub fn render(&mut self, editor: &mut Editor, prompt: &'static str, secret: bool) {
+    pub(super) fn render(&mut self, editor: &mut Editor, prompt: &'static str, secret: bool) {
         if self.interactive && (self.redraw || self.drawn != (prompt, secret)) {
             self.drawn = (prompt, secret);
             editor.secret = secret;
@@ -102,7 +102,7 @@ impl Screen {
     }
 
     /// Writes what was collected.
-    pub fn write(&mut self) {
+    pub(super) fn write(&mut self) {
         if !self.buf.is_empty() {
             let mut out = io::stdout().lock();
             let _ = out.write_all(self.buf.as_bytes());
@@ -112,7 +112,7 @@ impl Screen {
     }
 
     /// The client is exiting: clear the input line on a terminal.
-    pub fn finish(&mut self) {
+    pub(super) fn finish(&mut self) {
         if self.interactive {
             self.buf.push_str("\r\x1b[K");
         }

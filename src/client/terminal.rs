@@ -26,6 +26,7 @@ pub struct RawMode {
 }
 
 impl RawMode {
+    /// Switches stdin to raw-ish mode until the guard drops.
     pub fn enable() -> nix::Result<RawMode> {
         let original = termios::tcgetattr(std::io::stdin())?;
         let mut raw = original.clone();

@@ -7,8 +7,8 @@
 //! The `ceiling` scenario runs the same traffic through [`relay`], an in-process relay
 //! that does the least possible work, as the yardstick for everything else.
 
-pub mod relay;
-pub mod worker;
+mod relay;
+mod worker;
 
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -24,17 +24,25 @@ pub fn mono_ns() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// A load scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Each client keeps direct messages in flight to random others.
     Direct,
+    /// Some clients broadcast to everyone.
     Broadcast,
+    /// Everyone connects and logs in at once.
     LoginStorm,
+    /// Clients log in and do nothing (memory and wake-ups at rest).
     Idle,
+    /// Clients connect, log in and leave, over and over.
     Churn,
+    /// The `direct` traffic through a minimal in-process relay: the floor.
     Ceiling,
 }
 
 impl Mode {
+    /// The scenario's name on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Direct => "direct",
@@ -49,7 +57,7 @@ impl Mode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Connecting and logging in; nothing is sent.
     Setup = 0,
     /// Sending, not measured (warm-up).
@@ -63,7 +71,7 @@ pub enum Phase {
 
 /// What every worker needs to know, fixed for the run.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub mode: Mode,
     pub addr: SocketAddr,
     pub clients: usize,
@@ -82,18 +90,18 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn user(&self, idx: usize) -> String {
+    pub(crate) fn user(&self, idx: usize) -> String {
         format!("u{idx}")
     }
 
-    pub fn password(&self, idx: usize) -> String {
+    pub(crate) fn password(&self, idx: usize) -> String {
         format!("p{idx}")
     }
 }
 
 /// Counters shared by the workers and the orchestrator.
 #[derive(Default)]
-pub struct Shared {
+pub(crate) struct Shared {
     phase: AtomicU8,
     pub logged_in: AtomicUsize,
     pub welcomes: AtomicU64,
@@ -109,7 +117,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Setup,
             1 => Phase::Run,
@@ -127,20 +135,33 @@ impl Shared {
 /// A run's settings, validated by the binary.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The scenario.
     pub mode: Mode,
+    /// natterd's address (loopback only).
     pub server: SocketAddr,
+    /// natterd's pid, to sample its CPU, memory, wake-ups and descriptors.
     pub server_pid: Option<u32>,
+    /// Clients (each logs in as `u<i>`).
     pub clients: usize,
+    /// Messages in flight per sending client.
     pub window: u32,
+    /// Broadcast senders.
     pub senders: usize,
+    /// Bytes of message text.
     pub msg_size: usize,
+    /// Event-loop threads in the generator.
     pub threads: usize,
+    /// Sending before measuring.
     pub warmup: Duration,
+    /// The measurement window.
     pub duration: Duration,
     /// Longest wait for connecting and logging in everyone.
     pub setup_timeout: Duration,
+    /// Keep every received id to count losses and duplicates.
     pub check: bool,
+    /// Direct: send to users who never log in (every message is stored).
     pub offline: bool,
+    /// Open loop: messages per second per client; `None` sends as fast as replies come.
     pub rate: Option<f64>,
 }
 
@@ -149,14 +170,18 @@ pub struct Options {
 pub struct ProcSample {
     /// User + system CPU time of the whole process, in seconds.
     pub cpu: f64,
+    /// Resident memory, KiB.
     pub rss_kib: u64,
+    /// The most resident memory so far, KiB.
     pub peak_rss_kib: u64,
     /// Context switches of the main (event-loop) thread: how often it slept and woke.
     pub switches: u64,
+    /// Open file descriptors.
     pub fds: u64,
 }
 
 impl ProcSample {
+    /// Reads `/proc/<pid>/...`; `None` if the process is gone.
     pub fn read(pid: u32) -> Option<ProcSample> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // Fields after the parenthesised command name; utime and stime are 14 and 15.
@@ -187,8 +212,11 @@ impl ProcSample {
 /// One value of a report.
 #[derive(Debug, Clone)]
 pub enum Value {
+    /// A count.
     Int(u64),
+    /// A rate or a time.
     Float(f64),
+    /// Anything else.
     Text(String),
 }
 
@@ -205,6 +233,7 @@ impl std::fmt::Display for Value {
 /// A run's results, in order: printed as a table or as one JSON object.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// (name, value), in the order printed.
     pub fields: Vec<(&'static str, Value)>,
 }
 
@@ -221,6 +250,7 @@ impl Report {
         self.fields.push((k, Value::Text(v.into())));
     }
 
+    /// The value of field `k`.
     pub fn get(&self, k: &str) -> Option<&Value> {
         self.fields
             .iter()
@@ -228,6 +258,7 @@ impl Report {
             .map(|(_, v)| v)
     }
 
+    /// One JSON object.
     pub fn to_json(&self) -> String {
         let mut out = String::from("{");
         for (i, (k, v)) in self.fields.iter().enumerate() {
@@ -257,6 +288,7 @@ impl Report {
         out
     }
 
+    /// An aligned two-column table.
     pub fn to_table(&self) -> String {
         let w = self.fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         self.fields
@@ -278,10 +310,13 @@ pub fn write_credentials(n: usize, out: &mut impl Write) -> io::Result<()> {
 /// Why a run could not be completed.
 #[derive(Debug)]
 pub enum BenchError {
+    /// A socket, thread or file operation failed.
     Io(io::Error),
     /// Not everyone could connect and log in within the setup timeout.
     Setup {
+        /// Clients logged in by the deadline.
         logged_in: usize,
+        /// Clients asked for.
         wanted: usize,
     },
 }

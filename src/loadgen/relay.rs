@@ -35,7 +35,7 @@ fn thread_cpu_ns() -> u64 {
 }
 
 /// Binds on loopback and returns the address; the relay runs until the phase is `Stop`.
-pub fn start(shared: Arc<Shared>) -> io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
+pub(super) fn start(shared: Arc<Shared>) -> io::Result<(SocketAddr, std::thread::JoinHandle<()>)> {
     let mut listener = TcpListener::bind("127.0.0.1:0".parse().map_err(io::Error::other)?)?;
     let addr = listener.local_addr()?;
     let poll = Poll::new()?;

@@ -26,7 +26,7 @@ use crate::net::{Step, read_step, sync_write_interest, write_until_blocked};
 const MAX_CONNECTING: usize = 512;
 
 /// What one thread hands back when it stops.
-pub struct ThreadResult {
+pub(super) struct ThreadResult {
     /// Delivery latency in microseconds, for messages received while measuring.
     pub latency: Histogram<u64>,
     /// One key per message received, for loss and duplicate checks: `sender << 40 | seq`
@@ -92,7 +92,7 @@ struct Worker {
 }
 
 /// Runs clients `lo..hi` until the phase becomes `Stop`.
-pub fn run(
+pub(super) fn run(
     plan: Arc<Plan>,
     shared: Arc<Shared>,
     lo: usize,

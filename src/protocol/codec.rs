@@ -205,6 +205,7 @@ impl OutBuf {
         self.buf.len() - self.pos
     }
 
+    /// Whether nothing is waiting to be written.
     pub fn is_empty(&self) -> bool {
         self.pos == self.buf.len()
     }

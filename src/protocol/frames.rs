@@ -19,55 +19,83 @@ pub const MAX_LINE: usize = 8192;
 /// A request from a client (or a response to a server push: `PONG`, `ACK`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request<'a> {
+    /// `HELLO <version>`: the handshake, first on every connection.
     Hello {
+        /// The protocol version the client speaks.
         version: u32,
     },
     /// One-shot login (scripts, the load generator).
     Login {
+        /// The account name.
         user: &'a str,
+        /// The password.
         password: &'a str,
+        /// The TCP port the client accepts private connections on, if any.
         peer_port: Option<u16>,
     },
     /// The classic dialogue's first step: is this username one that may log in?
     User {
+        /// The account name to log in as.
         user: &'a str,
     },
     /// The dialogue's second step: the password for the username of the last `USER`.
     Pass {
+        /// The password for the account of the last accepted `USER`.
         password: &'a str,
+        /// The TCP port the client accepts private connections on, if any.
         peer_port: Option<u16>,
     },
+    /// `MSG <user> <text>`: a direct message.
     Msg {
+        /// The recipient.
         to: &'a str,
+        /// The message (one line, clean).
         text: &'a str,
     },
+    /// `BCAST <text>`: to everyone online.
     Bcast {
+        /// The message (one line, clean).
         text: &'a str,
     },
+    /// `WHOELSE`: who else is online.
     WhoElse,
+    /// `WHOELSESINCE <duration>`: who else was online recently.
     WhoElseSince {
+        /// How far back to look.
         window: Duration,
     },
+    /// `BLOCK <user>`.
     Block {
+        /// The user to block.
         user: &'a str,
     },
+    /// `UNBLOCK <user>`.
     Unblock {
+        /// The user to unblock.
         user: &'a str,
     },
+    /// `PRIVATE <user>`: ask for a peer introduction.
     Private {
+        /// The user to chat with privately.
         user: &'a str,
     },
+    /// `ACTIVE`: the user typed a command the server does not see (counts as activity).
     Active,
+    /// `PING [<token>]`: answered `+PONG [<token>]`, any time.
     Ping {
+        /// Echoed back in the reply (may be empty).
         token: &'a str,
     },
+    /// `LOGOUT`.
     Logout,
     /// Answer to `*PING`; gets no reply.
     Pong {
+        /// The sequence number of the `*PING` answered.
         seq: u64,
     },
     /// Delivery acknowledgement of every `*MSG` up to and including `id`; gets no reply.
     Ack {
+        /// The newest message id shown.
         id: u64,
     },
 }
@@ -327,6 +355,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for parsing and tests.
     pub const ALL: [ErrorCode; 22] = [
         ErrorCode::Version,
         ErrorCode::HelloFirst,
@@ -352,6 +381,7 @@ impl ErrorCode {
         ErrorCode::StoreUnavailable,
     ];
 
+    /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Version => "VERSION",
@@ -379,6 +409,7 @@ impl ErrorCode {
         }
     }
 
+    /// The code with this wire name, if any.
     pub fn parse(s: &str) -> Option<ErrorCode> {
         ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
@@ -390,45 +421,69 @@ pub enum Reply<'a> {
     /// The handshake's answer; `ping` is the server's liveness interval in seconds
     /// (0: not told), so a client knows how long the server may stay silent.
     Hello {
+        /// The protocol version the server speaks.
         version: u32,
+        /// The server software and version (`natterd/0.1.0`).
         software: &'a str,
+        /// How often (seconds) the server pings a silent connection; 0 if not told.
         ping: u64,
     },
     /// The username of a `USER` may log in: ask for its password.
     User {
+        /// The account name that may log in.
         user: &'a str,
     },
+    /// `+WELCOME`: logged in; stored messages follow as pushes.
     Welcome,
     /// The message reached an online recipient's queue (`stored: false`) or its mailbox.
     Sent {
+        /// The recipient.
         to: &'a str,
+        /// Whether the recipient was offline, so the message waits in their mailbox.
         stored: bool,
     },
     /// A broadcast reached `delivered` users; `blocked` online users had blocked the sender.
     Bcast {
+        /// Users who got the broadcast.
         delivered: u32,
+        /// Online users skipped because they blocked the sender.
         blocked: u32,
     },
+    /// `+USERS [<user> ...]`: the answer to `WHOELSE`/`WHOELSESINCE`, sorted.
     Users(Vec<&'a str>),
+    /// `+BLOCKED <user>`.
     Blocked {
+        /// The user now blocked.
         user: &'a str,
     },
+    /// `+UNBLOCKED <user>`.
     Unblocked {
+        /// The user no longer blocked.
         user: &'a str,
     },
     /// Peer introduction: connect to `addr` and present `token`.
     Peer {
+        /// The user introduced.
         user: &'a str,
+        /// Where that user's client accepts private connections.
         addr: SocketAddr,
+        /// The one-time token to present in `PEERHELLO`.
         token: &'a str,
     },
+    /// `+OK`: the answer to `ACTIVE`.
     Ok,
+    /// `+PONG [<token>]`: the answer to `PING`.
     Pong {
+        /// The token of the `PING`.
         token: &'a str,
     },
+    /// `+BYE`: the answer to `LOGOUT`; the server closes next.
     Bye,
+    /// `-CODE [arg]`: the request failed.
     Error {
+        /// What went wrong.
         code: ErrorCode,
+        /// Its argument (a name, a limit), possibly empty.
         arg: &'a str,
     },
 }
@@ -453,6 +508,7 @@ pub enum ByeReason {
 }
 
 impl ByeReason {
+    /// The reason as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             ByeReason::LoginTimeout => "login-timeout",
@@ -469,26 +525,43 @@ impl ByeReason {
 /// A server push: sent whenever something happens, never as a reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Push<'a> {
+    /// `*MSG <id> <from> <text>`: a direct message (live or stored).
     Msg {
+        /// Its id, increasing per recipient: acknowledge it with `ACK`.
         id: u64,
+        /// The sender.
         from: &'a str,
+        /// The message.
         text: &'a str,
     },
+    /// `*BCAST <from> <text>`: a broadcast.
     Bcast {
+        /// The sender.
         from: &'a str,
+        /// The message.
         text: &'a str,
     },
+    /// `*LOGIN <user> ...`: users logged in.
     Login(Vec<&'a str>),
+    /// `*LOGOUT <user> ...`: users logged out.
     Logout(Vec<&'a str>),
+    /// `*PING <seq>`: liveness check; answer `PONG <seq>`.
     Ping {
+        /// The sequence number to answer with.
         seq: u64,
     },
+    /// `*EXPECT <user> <token>`: the server introduced `user` for a private session.
     Expect {
+        /// The user who will connect.
         user: &'a str,
+        /// The token they will present.
         token: &'a str,
     },
+    /// `*TIMEOUT`: logged out for inactivity; the server closes next.
     Timeout,
+    /// `*BYE <reason>`: the server is closing the connection.
     Bye {
+        /// Why (see `ByeReason`).
         reason: &'a str,
     },
 }
@@ -496,7 +569,9 @@ pub enum Push<'a> {
 /// Anything the server sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerFrame<'a> {
+    /// A reply (`+...` or `-...`): one per request.
     Reply(Reply<'a>),
+    /// A push (`*...`).
     Push(Push<'a>),
 }
 
@@ -555,6 +630,7 @@ fn push_line(out: &mut Vec<u8>, head: &[u8], arg: &str) {
 }
 
 impl Reply<'_> {
+    /// Appends the wire form of the reply, newline included.
     pub fn encode(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         // One reply per message sent: the two hottest frames skip `fmt`.
@@ -601,6 +677,7 @@ impl Reply<'_> {
 }
 
 impl Push<'_> {
+    /// Appends the wire form of the push, newline included.
     pub fn encode(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         let _ = match self {

@@ -16,9 +16,24 @@ use std::fmt::Write;
 /// One parsed peer line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerFrame<'a> {
-    Hello { user: &'a str, token: &'a str },
-    Ok { user: &'a str },
-    Msg { text: &'a str },
+    /// `PEERHELLO <user> <token>`: the connecting side says who it is.
+    Hello {
+        /// Who is connecting.
+        user: &'a str,
+        /// The token the server gave them for this introduction.
+        token: &'a str,
+    },
+    /// `PEEROK <user>`: accepted; the session is open.
+    Ok {
+        /// Who accepted.
+        user: &'a str,
+    },
+    /// `PMSG <text>`: a private message.
+    Msg {
+        /// The message.
+        text: &'a str,
+    },
+    /// `PSTOP`: the other side ended the session.
     Stop,
 }
 

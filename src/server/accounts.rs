@@ -17,29 +17,45 @@ use std::path::{Path, PathBuf};
 /// One account as read from the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
+    /// The user name.
     pub name: String,
+    /// The password: plain text, or an argon2/bcrypt hash.
     pub password: String,
 }
 
 /// Why the credentials file could not be used.
 #[derive(Debug)]
 pub enum CredentialsError {
+    /// The file could not be read.
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// A line is not `username password`.
     Malformed {
+        /// The file.
         path: PathBuf,
+        /// The line number (from 1).
         line: usize,
+        /// What is wrong.
         what: String,
     },
+    /// A user name appears twice.
     Duplicate {
+        /// The file.
         path: PathBuf,
+        /// The line of the second one.
         line: usize,
+        /// The name.
         name: String,
+        /// The line of the first one.
         first: usize,
     },
+    /// The file lists no account.
     Empty {
+        /// The file.
         path: PathBuf,
     },
 }

@@ -79,16 +79,20 @@ const SCRATCH: usize = 64 * 1024;
 /// Everything `run` needs, already validated.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where to listen.
     pub addr: SocketAddr,
+    /// The chat rules' settings.
     pub core: CoreConfig,
     /// Most simultaneous connections; accepting pauses at the limit.
     pub max_connections: usize,
+    /// Where and how durable state is kept.
     pub store: StoreConfig,
     /// Called when the loop goes quiet after activity (a poll that returned no events):
     /// the binary uses it to hand freed memory back to the kernel.
     pub on_idle: Option<fn()>,
     /// The credentials file, re-read on SIGHUP (`None`: no signal handling at all).
     pub credentials_path: Option<PathBuf>,
+    /// Per-address connection limits.
     pub limits: Limits,
     /// Password-hash verifier threads.
     pub verify_threads: usize,
@@ -119,6 +123,7 @@ struct IpEntry {
 pub struct StoreConfig {
     /// The data directory; `None` keeps everything in memory only.
     pub dir: Option<PathBuf>,
+    /// When the journal is forced to disk.
     pub fsync: FsyncPolicy,
     /// The journal is not rewritten below this size.
     pub compact_min: u64,
@@ -137,8 +142,11 @@ impl Default for StoreConfig {
 /// Why the server stopped.
 #[derive(Debug)]
 pub enum RunError {
+    /// The listening socket could not be bound.
     Bind(SocketAddr, io::Error),
+    /// The poll (or a registration) failed.
     Poll(io::Error),
+    /// The store could not be opened.
     Store(StoreError),
 }
 
@@ -190,6 +198,7 @@ pub struct Server {
 }
 
 impl Server {
+    /// Binds the listener and opens the store (replaying the journal); does not serve yet.
     pub fn bind(cfg: Config, credentials: Vec<Credential>) -> Result<Server, RunError> {
         let poll = Poll::new().map_err(RunError::Poll)?;
         let mut listener = TcpListener::bind(cfg.addr).map_err(|e| RunError::Bind(cfg.addr, e))?;
@@ -269,6 +278,7 @@ impl Server {
         })
     }
 
+    /// The address the server listens on (with the port it got, for port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 /// A bucket's limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
+pub(crate) struct Rate {
     /// Most tokens held (the burst allowed after a quiet spell).
     pub burst: f64,
     /// Tokens gained per second.
@@ -17,14 +17,14 @@ pub struct Rate {
 
 /// Tokens left and when they were last counted.
 #[derive(Debug, Clone, Copy)]
-pub struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     at: Instant,
 }
 
 impl TokenBucket {
     /// A full bucket.
-    pub fn full(rate: Rate, now: Instant) -> TokenBucket {
+    pub(crate) fn full(rate: Rate, now: Instant) -> TokenBucket {
         TokenBucket {
             tokens: rate.burst,
             at: now,
@@ -38,7 +38,7 @@ impl TokenBucket {
     }
 
     /// Takes a token, or says how long until one is back.
-    pub fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
         self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -49,7 +49,7 @@ impl TokenBucket {
     }
 
     /// Whether the bucket would be full at `now` (nothing to remember about it).
-    pub fn is_full(&self, rate: Rate, now: Instant) -> bool {
+    pub(crate) fn is_full(&self, rate: Rate, now: Instant) -> bool {
         let mut b = *self;
         b.refill(rate, now);
         b.tokens >= rate.burst

@@ -51,20 +51,20 @@ pub(crate) struct Mailbox {
 
 impl Mailbox {
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.queue.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Stored> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Stored> {
         self.queue.iter()
     }
 
     /// Whether a message of `len` bytes from `from` fits under the caps.
-    pub fn admits(&self, from: AccountId, len: usize, caps: Caps) -> bool {
+    pub(super) fn admits(&self, from: AccountId, len: usize, caps: Caps) -> bool {
         let (n, b) = self.by_sender.get(&from).copied().unwrap_or_default();
         self.queue.len() < caps.max_messages
             && self.bytes + len <= caps.max_bytes
@@ -97,19 +97,19 @@ impl Mailbox {
     }
 
     /// A newly accepted message (or one recovered from the journal), at the end.
-    pub fn push_back(&mut self, m: Stored) {
+    pub(super) fn push_back(&mut self, m: Stored) {
         self.count(&m, true);
         self.queue.push_back(m);
     }
 
     /// An unacknowledged message returned by a closed session, at the front.
-    pub fn push_front(&mut self, m: Stored) {
+    pub(super) fn push_front(&mut self, m: Stored) {
         self.count(&m, true);
         self.queue.push_front(m);
     }
 
     /// The oldest message, to send.
-    pub fn pop_front(&mut self) -> Option<Stored> {
+    pub(super) fn pop_front(&mut self) -> Option<Stored> {
         let m = self.queue.pop_front()?;
         self.count(&m, false);
         Some(m)

@@ -8,18 +8,18 @@
 //! - `mailbox`: one user's offline messages and their caps;
 //! - [`timer`]: the hashed timer wheel behind every deadline;
 //! - [`accounts`]: loading `credentials.txt`, password hashes;
-//! - [`flood`]: the token bucket behind every rate limit;
+//! - `flood`: the token bucket behind every rate limit;
 //! - `verify_queue`: the bounded, fair queue of logins waiting for a verifier;
-//! - [`verifier`]: the threads that check password hashes off the loop.
+//! - `verifier`: the threads that check password hashes off the loop.
 
 pub mod accounts;
 pub mod core;
 pub mod event_loop;
-pub mod flood;
+pub(crate) mod flood;
 mod mailbox;
 pub mod store;
 pub mod timer;
-pub mod verifier;
+pub(crate) mod verifier;
 mod verify_queue;
 
 pub use self::core::{Core, CoreConfig, LockoutScope};

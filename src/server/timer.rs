@@ -63,6 +63,7 @@ impl<T> TimerWheel<T> {
         self.entries.len()
     }
 
+    /// Whether no timer is armed.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -17,13 +17,13 @@ use super::verify_queue::VerifyJob;
 
 /// A verifier's answer: whether the password matched.
 #[derive(Debug)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub key: usize,
     pub serial: u64,
     pub ok: bool,
 }
 
-pub struct Verifier {
+pub(crate) struct Verifier {
     jobs: Option<Sender<VerifyJob>>,
     verdicts: Receiver<Verdict>,
     threads: Vec<JoinHandle<()>>,
@@ -35,7 +35,7 @@ pub struct Verifier {
 
 impl Verifier {
     /// Starts `threads` verifier threads that wake the loop through `waker`.
-    pub fn start(threads: usize, waker: Arc<mio::Waker>) -> std::io::Result<Verifier> {
+    pub(crate) fn start(threads: usize, waker: Arc<mio::Waker>) -> std::io::Result<Verifier> {
         let (job_tx, job_rx) = mpsc::channel::<VerifyJob>();
         let (verdict_tx, verdicts) = mpsc::channel();
         let job_rx = Arc::new(Mutex::new(job_rx));
@@ -79,11 +79,11 @@ impl Verifier {
     }
 
     /// Threads with nothing to do.
-    pub fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         self.threads.len().saturating_sub(self.busy)
     }
 
-    pub fn submit(&mut self, job: VerifyJob) {
+    pub(crate) fn submit(&mut self, job: VerifyJob) {
         if let Some(tx) = &self.jobs
             && tx.send(job).is_err()
         {
@@ -94,7 +94,7 @@ impl Verifier {
     }
 
     /// Verdicts that arrived since the last call.
-    pub fn verdicts(&mut self) -> Vec<Verdict> {
+    pub(crate) fn verdicts(&mut self) -> Vec<Verdict> {
         let v: Vec<Verdict> = self.verdicts.try_iter().collect();
         self.busy = self.busy.saturating_sub(v.len());
         v

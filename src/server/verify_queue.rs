@@ -17,9 +17,9 @@ use std::sync::Arc;
 use super::core::AccountId;
 
 /// Verifications waiting, at most.
-pub const MAX_QUEUED: usize = 256;
+pub(super) const MAX_QUEUED: usize = 256;
 /// Verifications waiting from one address, at most.
-pub const MAX_PER_IP: usize = 4;
+pub(super) const MAX_PER_IP: usize = 4;
 
 /// A password hash to verify off the loop; the answer goes to `Hub::verified`.
 #[derive(Debug)]
@@ -47,11 +47,11 @@ pub(crate) struct VerifyQueue {
 }
 
 impl VerifyQueue {
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn push(&mut self, job: VerifyJob) -> Result<(), Full> {
+    pub(super) fn push(&mut self, job: VerifyJob) -> Result<(), Full> {
         let from_ip = self.per_ip.get(&job.ip).copied().unwrap_or(0);
         if self.len >= MAX_QUEUED || from_ip >= MAX_PER_IP {
             return Err(Full);
@@ -67,7 +67,7 @@ impl VerifyQueue {
     }
 
     /// The next job: the oldest of the account whose turn it is.
-    pub fn pop(&mut self) -> Option<VerifyJob> {
+    pub(super) fn pop(&mut self) -> Option<VerifyJob> {
         let account = self.turns.pop_front()?;
         let jobs = self.by_account.get_mut(&account)?;
         let job = jobs.pop_front()?;
@@ -91,7 +91,7 @@ impl VerifyQueue {
     }
 
     /// Drops the job of a connection that closed (it is never hashed).
-    pub fn cancel(&mut self, key: usize, serial: u64, account: AccountId) {
+    pub(super) fn cancel(&mut self, key: usize, serial: u64, account: AccountId) {
         let Some(jobs) = self.by_account.get_mut(&account) else {
             return;
         };

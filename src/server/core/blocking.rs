@@ -19,7 +19,7 @@ pub(super) struct Blocking {
 
 impl Blocking {
     /// Records that `who` blocks (`on`) or unblocks `whom`; returns whether it changed.
-    pub fn set(&mut self, who: AccountId, whom: AccountId, on: bool) -> bool {
+    pub(super) fn set(&mut self, who: AccountId, whom: AccountId, on: bool) -> bool {
         let set = self.blocks.get_mut(who);
         let changed = if on {
             set.insert(whom)
@@ -34,15 +34,15 @@ impl Blocking {
     }
 
     /// Whether anyone has blocked `whom`.
-    pub fn is_blocked_by_anyone(&self, whom: AccountId) -> bool {
+    pub(super) fn is_blocked_by_anyone(&self, whom: AccountId) -> bool {
         self.blockers.get(whom).is_some_and(|&n| n > 0)
     }
 
-    pub fn has_blocked(&self, who: AccountId, whom: AccountId) -> bool {
+    pub(super) fn has_blocked(&self, who: AccountId, whom: AccountId) -> bool {
         self.blocks.get(who).is_some_and(|b| b.contains(&whom))
     }
 
-    pub fn blocked_by(&self, who: AccountId) -> Option<&HashSet<AccountId>> {
+    pub(super) fn blocked_by(&self, who: AccountId) -> Option<&HashSet<AccountId>> {
         self.blocks.get(who)
     }
 }

@@ -51,7 +51,7 @@ pub(crate) struct Directory {
 }
 
 impl Directory {
-    pub fn new(credentials: Vec<Credential>) -> Directory {
+    pub(super) fn new(credentials: Vec<Credential>) -> Directory {
         let mut by_name = foldhash::HashMap::with_capacity_and_hasher(
             credentials.len(),
             foldhash::fast::RandomState::default(),
@@ -73,46 +73,46 @@ impl Directory {
     }
 
     /// A user who may log in (not a ghost).
-    pub fn lookup(&self, name: &str) -> Option<AccountId> {
+    pub(super) fn lookup(&self, name: &str) -> Option<AccountId> {
         self.by_name.get(name).copied()
     }
 
-    pub fn get(&self, id: AccountId) -> &Account {
+    pub(super) fn get(&self, id: AccountId) -> &Account {
         &self.accounts[id as usize]
     }
 
-    pub fn get_mut(&mut self, id: AccountId) -> &mut Account {
+    pub(super) fn get_mut(&mut self, id: AccountId) -> &mut Account {
         &mut self.accounts[id as usize]
     }
 
-    pub fn name(&self, id: AccountId) -> &str {
+    pub(super) fn name(&self, id: AccountId) -> &str {
         &self.accounts[id as usize].name
     }
 
     /// Where `id` is logged in, if anywhere.
-    pub fn locate(&self, id: AccountId) -> Option<usize> {
+    pub(super) fn locate(&self, id: AccountId) -> Option<usize> {
         self.accounts[id as usize].session
     }
 
-    pub fn accounts(&self) -> impl Iterator<Item = (AccountId, &Account)> {
+    pub(super) fn accounts(&self) -> impl Iterator<Item = (AccountId, &Account)> {
         self.accounts
             .iter()
             .enumerate()
             .map(|(i, a)| (i as AccountId, a))
     }
 
-    pub fn online(&self) -> &[AccountId] {
+    pub(super) fn online(&self) -> &[AccountId] {
         &self.online
     }
 
-    pub fn set_online(&mut self, id: AccountId, key: usize) {
+    pub(super) fn set_online(&mut self, id: AccountId, key: usize) {
         let a = &mut self.accounts[id as usize];
         a.session = Some(key);
         a.online_pos = self.online.len();
         self.online.push(id);
     }
 
-    pub fn set_offline(&mut self, id: AccountId, at_ms: u64) {
+    pub(super) fn set_offline(&mut self, id: AccountId, at_ms: u64) {
         let a = &mut self.accounts[id as usize];
         a.session = None;
         a.last_seen = Some(at_ms);
@@ -124,7 +124,7 @@ impl Directory {
     }
 
     /// The account called `name`, made a ghost if the credentials do not list it.
-    pub fn id_or_ghost(&mut self, name: &str) -> AccountId {
+    pub(super) fn id_or_ghost(&mut self, name: &str) -> AccountId {
         if let Some(&id) = self.by_name.get(name).or_else(|| self.ghosts.get(name)) {
             return id;
         }
@@ -138,7 +138,7 @@ impl Directory {
 
     /// Swaps in a new credentials list: new users can log in, changed passwords apply
     /// to the next login, removed users become ghosts. Returns (added, removed ids).
-    pub fn reload(&mut self, credentials: &[Credential]) -> (usize, Vec<AccountId>) {
+    pub(super) fn reload(&mut self, credentials: &[Credential]) -> (usize, Vec<AccountId>) {
         let fresh: HashMap<&str, &str> = credentials
             .iter()
             .map(|c| (c.name.as_str(), c.password.as_str()))
@@ -197,11 +197,11 @@ impl<T: Default> Default for PerAccount<T> {
 }
 
 impl<T: Default> PerAccount<T> {
-    pub fn get(&self, id: AccountId) -> Option<&T> {
+    pub(super) fn get(&self, id: AccountId) -> Option<&T> {
         self.0.get(id as usize)
     }
 
-    pub fn get_mut(&mut self, id: AccountId) -> &mut T {
+    pub(super) fn get_mut(&mut self, id: AccountId) -> &mut T {
         let i = id as usize;
         if i >= self.0.len() {
             self.0.resize_with(i + 1, T::default);

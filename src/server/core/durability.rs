@@ -80,7 +80,7 @@ pub(super) struct Durability {
 }
 
 impl Durability {
-    pub fn new(store: Box<dyn Store>, now: Instant) -> Durability {
+    pub(super) fn new(store: Box<dyn Store>, now: Instant) -> Durability {
         Durability {
             store,
             next_seq: 1,
@@ -91,39 +91,39 @@ impl Durability {
     }
 
     /// Wall-clock time of `now`, in Unix ms.
-    pub fn wall_ms(&self, now: Instant) -> u64 {
+    pub(super) fn wall_ms(&self, now: Instant) -> u64 {
         let since = now.saturating_duration_since(self.origin).as_millis();
         self.origin_wall.saturating_add(since as u64)
     }
 
     /// The batch a reply claiming the changes recorded so far must wait for.
-    pub fn hold_seq(&self) -> Option<u64> {
+    pub(super) fn hold_seq(&self) -> Option<u64> {
         self.store.is_durable().then_some(self.next_seq)
     }
 
-    pub fn take_batch(&mut self) -> Option<Vec<u8>> {
+    pub(super) fn take_batch(&mut self) -> Option<Vec<u8>> {
         let batch = self.store.take_batch()?;
         self.next_seq += 1;
         Some(batch)
     }
 
-    pub fn healthy(&self) -> bool {
+    pub(super) fn healthy(&self) -> bool {
         self.healthy
     }
 
-    pub fn set_healthy(&mut self, ok: bool) {
+    pub(super) fn set_healthy(&mut self, ok: bool) {
         self.healthy = ok;
     }
 
-    pub fn message(&mut self, id: u64, from: &str, to: &str, text: &str) {
+    pub(super) fn message(&mut self, id: u64, from: &str, to: &str, text: &str) {
         self.store.record(Record::Msg { id, from, to, text });
     }
 
-    pub fn ack(&mut self, to: &str, upto: u64) {
+    pub(super) fn ack(&mut self, to: &str, upto: u64) {
         self.store.record(Record::Ack { to, upto });
     }
 
-    pub fn block(&mut self, who: &str, whom: &str, on: bool) {
+    pub(super) fn block(&mut self, who: &str, whom: &str, on: bool) {
         self.store.record(if on {
             Record::Block { who, whom }
         } else {
@@ -131,15 +131,15 @@ impl Durability {
         });
     }
 
-    pub fn login(&mut self, who: &str, at: u64) {
+    pub(super) fn login(&mut self, who: &str, at: u64) {
         self.store.record(Record::Login { who, at });
     }
 
-    pub fn logout(&mut self, who: &str, at: u64) {
+    pub(super) fn logout(&mut self, who: &str, at: u64) {
         self.store.record(Record::Logout { who, at });
     }
 
-    pub fn lock(&mut self, who: &str, ip: Option<IpAddr>, until: u64) {
+    pub(super) fn lock(&mut self, who: &str, ip: Option<IpAddr>, until: u64) {
         match ip {
             None => self.store.record(Record::Lock { who, until }),
             Some(ip) => self.store.record(Record::LockIp {

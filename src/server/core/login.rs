@@ -43,7 +43,7 @@ pub(super) struct Login {
 }
 
 impl Login {
-    pub fn new(cfg: &CoreConfig) -> Login {
+    pub(super) fn new(cfg: &CoreConfig) -> Login {
         Login {
             scope: cfg.lockout_scope,
             block_duration: cfg.block_duration,
@@ -76,16 +76,16 @@ impl Login {
     }
 
     /// Drops the verification of a connection that closed.
-    pub fn cancel(&mut self, key: usize, serial: u64, account: AccountId) {
+    pub(super) fn cancel(&mut self, key: usize, serial: u64, account: AccountId) {
         self.queue.cancel(key, serial, account);
     }
 
-    pub fn verify_queued(&self) -> usize {
+    pub(super) fn verify_queued(&self) -> usize {
         self.queue.len()
     }
 
     /// A lockout recovered from the journal.
-    pub fn restore_lock(&mut self, id: AccountId, ip: Option<IpAddr>, until: Instant) {
+    pub(super) fn restore_lock(&mut self, id: AccountId, ip: Option<IpAddr>, until: Instant) {
         let st = match ip {
             None => self.by_account.get_mut(id),
             Some(ip) => self.by_ip.entry((id, ip)).or_default(),

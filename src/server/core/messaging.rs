@@ -25,7 +25,7 @@ pub(super) struct Messaging {
 }
 
 impl Messaging {
-    pub fn new(cfg: &CoreConfig) -> Messaging {
+    pub(super) fn new(cfg: &CoreConfig) -> Messaging {
         Messaging {
             mailboxes: PerAccount::default(),
             next_id: 1,
@@ -39,7 +39,7 @@ impl Messaging {
     }
 
     /// A closed session's unacknowledged messages go back to the front of the mailbox.
-    pub fn give_back(&mut self, id: AccountId, inflight: VecDeque<Stored>) {
+    pub(super) fn give_back(&mut self, id: AccountId, inflight: VecDeque<Stored>) {
         let mailbox = self.mailboxes.get_mut(id);
         for m in inflight.into_iter().rev() {
             mailbox.push_front(m);

@@ -87,7 +87,7 @@ use directory::Directory;
 pub use durability::Store;
 use outbox::{Outbox, Output};
 use session::{Gate, Liveness, Phase, Session};
-pub use stats::Stats;
+pub(crate) use stats::Stats;
 use timers::{TimerKind, Timers};
 
 /// Index of an account in the directory.
@@ -114,6 +114,7 @@ pub struct CoreConfig {
     pub ack_window: usize,
     /// Per-recipient mailbox caps.
     pub mailbox_max_messages: usize,
+    /// Bytes of message text a recipient's mailbox holds at most.
     pub mailbox_max_bytes: usize,
     /// Percent of those caps one sender may fill (100: no per-sender limit).
     pub mailbox_sender_share: u32,
@@ -163,15 +164,25 @@ impl Default for CoreConfig {
 /// Why a session ends (for logs and counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
+    /// The user logged out.
     Logout,
+    /// The client closed the connection.
     Eof,
+    /// Reading or writing the socket failed.
     IoError,
+    /// Refused at login (locked, already online, a third wrong password).
     LoginFailed,
+    /// No login within the deadline.
     LoginTimeout,
+    /// No command within `TIMEOUT`.
     Idle,
+    /// Too much output queued for a client that does not read.
     SlowReader,
+    /// A ping went unanswered.
     NoPong,
+    /// The server is shutting down.
     Shutdown,
+    /// The account was removed from the credentials.
     Removed,
 }
 
@@ -236,11 +247,13 @@ impl Core {
         Core::new(credentials, cfg, Box::new(durability::InMemory), now)
     }
 
+    /// The configuration the core runs with.
     pub fn config(&self) -> &CoreConfig {
         &self.cfg
     }
 
-    pub fn stats(&self) -> &Stats {
+    #[cfg(test)]
+    pub(crate) fn stats(&self) -> &Stats {
         &self.stats
     }
 

@@ -31,16 +31,16 @@ pub(crate) struct Output {
 
 impl Output {
     /// Whether replies wait for a journal batch.
-    pub fn is_held(&self) -> bool {
+    pub(crate) fn is_held(&self) -> bool {
         !self.held.marks.is_empty()
     }
 
-    pub fn held_too_much(&self) -> bool {
+    pub(crate) fn held_too_much(&self) -> bool {
         self.held.buf.len() > HELD_MAX
     }
 
     /// Gives idle buffers back.
-    pub fn shrink(&mut self) {
+    pub(crate) fn shrink(&mut self) {
         self.out.shrink(0);
         if self.held.marks.is_empty() {
             self.held.buf = Vec::new();
@@ -111,7 +111,7 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(max_queued: usize) -> Outbox {
+    pub(crate) fn new(max_queued: usize) -> Outbox {
         Outbox {
             dirty: Vec::new(),
             overflowed: Vec::new(),
@@ -121,7 +121,7 @@ impl Outbox {
     }
 
     /// Lists `key` for the next flush (once).
-    pub fn mark_dirty(&mut self, key: usize, o: &mut Output) {
+    pub(crate) fn mark_dirty(&mut self, key: usize, o: &mut Output) {
         if !o.dirty {
             o.dirty = true;
             self.dirty.push(key);
@@ -129,13 +129,13 @@ impl Outbox {
     }
 
     /// Appends a push (or a reply that need not wait) to session `key`.
-    pub fn push(&mut self, key: usize, o: &mut Output, f: impl FnOnce(&mut Vec<u8>)) {
+    pub(crate) fn push(&mut self, key: usize, o: &mut Output, f: impl FnOnce(&mut Vec<u8>)) {
         f(o.out.tail());
         self.after_append(key, o);
     }
 
     /// Bookkeeping after `o.out` grew: listed for the flush, and for closing if over the limit.
-    pub fn after_append(&mut self, key: usize, o: &mut Output) {
+    pub(crate) fn after_append(&mut self, key: usize, o: &mut Output) {
         self.mark_dirty(key, o);
         if o.out.len() > self.max_queued {
             self.overflowed.push(key);
@@ -144,7 +144,7 @@ impl Outbox {
 
     /// Appends a reply: straight out, unless it waits for batch `seq` or earlier
     /// replies wait.
-    pub fn reply(
+    pub(crate) fn reply(
         &mut self,
         key: usize,
         serial: u64,
@@ -164,7 +164,7 @@ impl Outbox {
     /// Journal batches up to `seq` are durable: moves the replies held for them into
     /// their sessions' output. A session whose input was paused for holding too much
     /// and no longer does is listed in `resumed` (the loop reads it again).
-    pub fn release(
+    pub(crate) fn release(
         &mut self,
         seq: u64,
         sessions: &mut Slab<Session>,
@@ -189,29 +189,29 @@ impl Outbox {
     }
 
     /// Takes the dirty list; give it back with [`Outbox::flushed`].
-    pub fn take_dirty(&mut self) -> Vec<usize> {
+    pub(crate) fn take_dirty(&mut self) -> Vec<usize> {
         std::mem::take(&mut self.dirty)
     }
 
     /// Clears the flag of a session that was flushed.
-    pub fn clear_dirty(o: &mut Output) {
+    pub(crate) fn clear_dirty(o: &mut Output) {
         o.dirty = false;
     }
 
     /// Returns the (emptied) dirty list's allocation.
-    pub fn flushed(&mut self, mut keys: Vec<usize>) {
+    pub(crate) fn flushed(&mut self, mut keys: Vec<usize>) {
         keys.clear();
         if self.dirty.is_empty() {
             self.dirty = keys;
         }
     }
 
-    pub fn has_dirty(&self) -> bool {
+    pub(crate) fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
 
     /// The next session that overflowed, to close as a slow reader.
-    pub fn pop_overflowed(&mut self) -> Option<usize> {
+    pub(crate) fn pop_overflowed(&mut self) -> Option<usize> {
         self.overflowed.pop()
     }
 }

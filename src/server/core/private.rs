@@ -24,7 +24,7 @@ pub(super) struct Introductions {
 }
 
 impl Introductions {
-    pub fn new() -> Introductions {
+    pub(super) fn new() -> Introductions {
         Introductions {
             keys: std::collections::hash_map::RandomState::new(),
             counter: 0,

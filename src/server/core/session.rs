@@ -81,18 +81,18 @@ pub(crate) struct Liveness {
 }
 
 impl Session {
-    pub fn is_closing(&self) -> bool {
+    pub(crate) fn is_closing(&self) -> bool {
         matches!(self.phase, Phase::Closing)
     }
 
     /// Whether the session's input waits (verification, flood control, too many
     /// replies held for the disk): the loop stops reading its socket until the core
     /// lists it as resumed.
-    pub fn input_paused(&self) -> bool {
+    pub(crate) fn input_paused(&self) -> bool {
         self.gate != Gate::Open || self.decoder.is_paused() || self.output.held_too_much()
     }
 
-    pub fn active_mut(&mut self) -> Option<&mut Active> {
+    pub(crate) fn active_mut(&mut self) -> Option<&mut Active> {
         match &mut self.phase {
             Phase::Active(a) => Some(a),
             _ => None,
@@ -100,7 +100,7 @@ impl Session {
     }
 
     /// Releases idle buffers (called when the connection has been quiet).
-    pub fn shrink(&mut self) {
+    pub(crate) fn shrink(&mut self) {
         self.decoder.shrink();
         self.output.shrink();
     }

@@ -2,7 +2,7 @@
 
 /// The core's counters (the loop counts its own admission refusals).
 #[derive(Debug, Default, Clone)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub accepted: u64,
     pub closed: u64,
     pub logins: u64,

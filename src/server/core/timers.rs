@@ -48,7 +48,7 @@ pub(super) struct Timers {
 }
 
 impl Timers {
-    pub fn new(now: Instant) -> Timers {
+    pub(super) fn new(now: Instant) -> Timers {
         Timers {
             wheel: TimerWheel::new(now, Duration::from_millis(100), 1024),
             origin: now,
@@ -63,25 +63,25 @@ impl Timers {
     }
 
     /// Arms a timer at `at`, rounded up to a whole second.
-    pub fn insert(&mut self, at: Instant, kind: TimerKind) -> TimerHandle {
+    pub(super) fn insert(&mut self, at: Instant, kind: TimerKind) -> TimerHandle {
         let at = self.coarse(at);
         self.wheel.insert(at, kind)
     }
 
     /// Arms a timer at exactly `at` (short pauses).
-    pub fn insert_exact(&mut self, at: Instant, kind: TimerKind) -> TimerHandle {
+    pub(super) fn insert_exact(&mut self, at: Instant, kind: TimerKind) -> TimerHandle {
         self.wheel.insert(at, kind)
     }
 
-    pub fn cancel(&mut self, h: TimerHandle) {
+    pub(super) fn cancel(&mut self, h: TimerHandle) {
         self.wheel.cancel(h);
     }
 
-    pub fn expire(&mut self, now: Instant, fire: impl FnMut(TimerKind)) {
+    pub(super) fn expire(&mut self, now: Instant, fire: impl FnMut(TimerKind)) {
         self.wheel.expire(now, fire);
     }
 
-    pub fn next_deadline(&mut self) -> Option<Instant> {
+    pub(super) fn next_deadline(&mut self) -> Option<Instant> {
         self.wheel.next_deadline()
     }
 }

@@ -63,14 +63,19 @@ impl std::str::FromStr for FsyncPolicy {
 /// Why the store could not be opened.
 #[derive(Debug)]
 pub enum StoreError {
+    /// Reading or writing a file failed.
     Io(PathBuf, io::Error),
     /// Another process holds the data directory.
     Locked(PathBuf),
+    /// The journal file does not start with the journal's magic.
     NotAJournal(PathBuf),
     /// Damage followed by intact records: starting would silently drop them.
     Corrupt {
+        /// The journal.
         path: PathBuf,
+        /// Where the damage starts (file offset).
         offset: usize,
+        /// What is wrong there.
         reason: record::Damage,
         /// Intact records after the damage.
         after: u64,
@@ -78,7 +83,9 @@ pub enum StoreError {
     /// A damaged copy but no journal: an earlier start was cut off while setting the
     /// damaged journal aside (versions before 0.2 did that before writing the new one).
     DamagedCopyOnly {
+        /// The data directory.
         dir: PathBuf,
+        /// The damaged copy found.
         copy: PathBuf,
     },
 }

@@ -27,45 +27,69 @@ const HEADER: usize = 8;
 pub enum Record<'a> {
     /// Snapshot header: the next message id to hand out.
     Meta {
+        /// Greater than every message id handed out.
         next_id: u64,
     },
     /// A direct message accepted for `to` (delivered or stored; live until acknowledged).
     Msg {
+        /// The message id.
         id: u64,
+        /// The sender.
         from: &'a str,
+        /// The recipient.
         to: &'a str,
+        /// The message.
         text: &'a str,
     },
     /// `to` acknowledged every message up to and including `upto`.
     Ack {
+        /// The recipient who acknowledged.
         to: &'a str,
+        /// The newest id acknowledged.
         upto: u64,
     },
+    /// `who` blocked `whom`.
     Block {
+        /// The user who blocks.
         who: &'a str,
+        /// The user blocked.
         whom: &'a str,
     },
+    /// `who` unblocked `whom`.
     Unblock {
+        /// The user who unblocks.
         who: &'a str,
+        /// The user unblocked.
         whom: &'a str,
     },
+    /// `who` logged in at `at`.
     Login {
+        /// The user.
         who: &'a str,
+        /// When, in Unix ms.
         at: u64,
     },
+    /// `who` logged out at `at`.
     Logout {
+        /// The user.
         who: &'a str,
+        /// When, in Unix ms.
         at: u64,
     },
     /// The account is locked out until `until`.
     Lock {
+        /// The user locked out.
         who: &'a str,
+        /// Until when, in Unix ms.
         until: u64,
     },
     /// The account is locked out for logins from `ip` until `until` (scope account+ip).
     LockIp {
+        /// The user locked out.
         who: &'a str,
+        /// The address the lock applies to.
         ip: &'a str,
+        /// Until when, in Unix ms.
         until: u64,
     },
 }

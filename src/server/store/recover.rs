@@ -7,8 +7,11 @@ use super::record::{Damage, MAGIC, Record, decode_frames, frame_at, resync};
 /// A message that was accepted and not yet acknowledged by its recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// The message id.
     pub id: u64,
+    /// The sender.
     pub from: String,
+    /// The message.
     pub text: String,
 }
 
@@ -17,11 +20,13 @@ pub struct Message {
 pub struct UserState {
     /// Undelivered or unacknowledged messages, oldest first.
     pub mailbox: VecDeque<Message>,
+    /// Users this user has blocked.
     pub blocks: BTreeSet<String>,
     /// Last time the user was seen online (a logout, or a login never closed).
     pub last_seen: Option<u64>,
     /// A login with no logout after it: the server stopped while they were online.
     pub online: bool,
+    /// The end of a lockout of the username, in Unix ms.
     pub locked_until: Option<u64>,
     /// Lockouts for logins from one address (scope account+ip): (address, until).
     pub ip_locks: Vec<(String, u64)>,
@@ -30,6 +35,7 @@ pub struct UserState {
 /// The state a journal describes.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Recovered {
+    /// What the journal says about each user.
     pub users: HashMap<String, UserState>,
     /// Greater than every message id ever handed out.
     pub next_id: u64,
@@ -46,6 +52,7 @@ pub struct NotAJournal;
 /// The outcome of replaying a journal file's bytes.
 #[derive(Debug)]
 pub struct Replay {
+    /// The state the valid prefix describes.
     pub state: Recovered,
     /// Bytes of the file that held valid records (magic included).
     pub valid: usize,
@@ -61,7 +68,9 @@ pub struct Replay {
 pub struct DamagedSpan {
     /// File offset and length of the stretch.
     pub offset: usize,
+    /// Bytes in the stretch.
     pub len: usize,
+    /// Why it is not a record.
     pub reason: Damage,
 }
 
@@ -75,6 +84,7 @@ pub struct Report {
     /// Of those after the damage: direct messages (and, of those, how many were
     /// still unacknowledged when the file ended).
     pub messages_after: u64,
+    /// Every damaged stretch, in file order.
     pub spans: Vec<DamagedSpan>,
     /// Every intact record, damaged stretches left out, magic first: the repaired file.
     pub repaired: Vec<u8>,

@@ -55,7 +55,12 @@ pub(super) struct Handle {
 }
 
 impl Handle {
-    pub fn spawn(file: File, dir: DataDir, policy: FsyncPolicy, waker: Arc<mio::Waker>) -> Handle {
+    pub(super) fn spawn(
+        file: File,
+        dir: DataDir,
+        policy: FsyncPolicy,
+        waker: Arc<mio::Waker>,
+    ) -> Handle {
         let (tx, rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel::<()>();
         let shared = Arc::new(Shared::default());
@@ -89,7 +94,7 @@ impl Handle {
         }
     }
 
-    pub fn send(&self, cmd: Cmd) {
+    pub(super) fn send(&self, cmd: Cmd) {
         // The writer only exits after `Stop`; a send error means it panicked, and the
         // batch can never become durable: its held replies stay held (and logged).
         if self.tx.send(cmd).is_err() {
@@ -101,7 +106,7 @@ impl Handle {
     /// Writes and syncs what it can, then stops the writer; returns within
     /// [`STOP_BOUND`] whatever the disk does (a writer stuck in a system call is left
     /// behind: the process is exiting).
-    pub fn stop(mut self) {
+    pub(super) fn stop(mut self) {
         self.shared.stop.store(true, Ordering::Release);
         self.send(Cmd::Stop);
         match self.done.recv_timeout(STOP_BOUND) {
