@@ -30,9 +30,7 @@ const ATTACKS: &[(&str, &str)] = &[
 #[test]
 fn the_server_refuses_control_characters_in_messages() {
     let s = Server::start(&["0"]);
-    let mut hans = s.login("hans", "falcon*solo");
-    let mut yoda = s.login("yoda", "wise@!man");
-    hans.expect("*LOGIN yoda");
+    let (mut hans, mut yoda) = s.hans_and_yoda();
     for (raw, _) in ATTACKS {
         assert_eq!(hans.request(&format!("MSG yoda {raw}")), "-BAD_TEXT");
         assert_eq!(hans.request(&format!("BCAST {raw}")), "-BAD_TEXT");

@@ -105,9 +105,7 @@ fn lockout_counts_reset_after_expiry() {
 #[test]
 fn messages_online_offline_and_errors() {
     let s = Server::start(&["0"]);
-    let mut hans = s.login("hans", "falcon*solo");
-    let mut yoda = s.login("yoda", "wise@!man");
-    hans.expect("*LOGIN yoda");
+    let (mut hans, mut yoda) = s.hans_and_yoda();
     assert_eq!(hans.request("MSG yoda hello  there "), "+SENT yoda");
     yoda.expect_msg("hans", "hello  there ");
     assert_eq!(hans.request("MSG nobody hi"), "-NO_SUCH_USER nobody");
@@ -142,9 +140,7 @@ fn messages_online_offline_and_errors() {
 #[test]
 fn blocking_rules() {
     let s = Server::start(&["0"]);
-    let mut a = s.login("hans", "falcon*solo");
-    let mut b = s.login("yoda", "wise@!man");
-    a.expect("*LOGIN yoda");
+    let (mut a, mut b) = s.hans_and_yoda();
     assert_eq!(a.request("BLOCK yoda"), "+BLOCKED yoda");
     assert_eq!(a.request("BLOCK hans"), "-SELF");
     assert_eq!(a.request("BLOCK nobody"), "-NO_SUCH_USER nobody");
@@ -213,9 +209,7 @@ fn whoelse_and_whoelsesince() {
 #[test]
 fn broadcast_and_presence() {
     let s = Server::start(&["0"]);
-    let mut a = s.login("hans", "falcon*solo");
-    let mut b = s.login("yoda", "wise@!man");
-    a.expect("*LOGIN yoda");
+    let (mut a, mut b) = s.hans_and_yoda();
     assert_eq!(a.request("BCAST hi   all"), "+BCAST 1 0");
     b.expect("*BCAST hans hi   all");
     // The newcomer is not told about themself.
@@ -246,9 +240,7 @@ fn line_limits_and_bad_input_get_error_replies_not_disconnects() {
 #[test]
 fn regression_megabytes_without_newline_hold_no_memory() {
     let s = Server::start(&["0"]);
-    let mut a = s.login("hans", "falcon*solo");
-    let mut b = s.login("yoda", "wise@!man");
-    a.expect("*LOGIN yoda");
+    let (mut a, mut b) = s.hans_and_yoda();
     let rss_before = s.rss_kib();
     let chunk = vec![b'x'; 1 << 20];
     for _ in 0..32 {

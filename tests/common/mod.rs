@@ -206,6 +206,15 @@ impl Server {
         Raw::connect(self.addr)
     }
 
+    /// hans and yoda logged in over raw connections, hans's `*LOGIN yoda` consumed: the
+    /// two-user setup most protocol tests start from.
+    pub fn hans_and_yoda(&self) -> (Raw, Raw) {
+        let mut hans = self.login("hans", "falcon*solo");
+        let yoda = self.login("yoda", "wise@!man");
+        hans.expect("*LOGIN yoda");
+        (hans, yoda)
+    }
+
     /// A raw connection that has done the handshake and logged in.
     pub fn login(&self, user: &str, password: &str) -> Raw {
         let mut c = self.raw();
@@ -362,18 +371,25 @@ pub struct Cli {
     lines: Receiver<String>,
 }
 
+/// `natter <ip> <port> <args>`, with `NATTER_PASSWORD` set to `password_env` or unset.
+pub fn natter_command(addr: SocketAddr, args: &[&str], password_env: Option<&str>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
+    cmd.arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .args(args);
+    match password_env {
+        Some(p) => cmd.env("NATTER_PASSWORD", p),
+        None => cmd.env_remove("NATTER_PASSWORD"),
+    };
+    cmd
+}
+
 impl Cli {
     /// Starts a client with `--quiet`: its stdout is then output lines only, one per line.
     pub fn start(server: &Server, args: &[&str], password_env: Option<&str>) -> Cli {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
-        cmd.arg("127.0.0.1")
-            .arg(server.port())
-            .arg("--quiet")
-            .args(args);
-        match password_env {
-            Some(p) => cmd.env("NATTER_PASSWORD", p),
-            None => cmd.env_remove("NATTER_PASSWORD"),
-        };
+        let mut all = vec!["--quiet"];
+        all.extend_from_slice(args);
+        let mut cmd = natter_command(server.addr, &all, password_env);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -555,14 +571,7 @@ pub struct PromptCli {
 impl PromptCli {
     /// Starts `natter` against `addr` with `args` (no `--quiet`).
     pub fn start(addr: SocketAddr, args: &[&str], password_env: Option<&str>) -> PromptCli {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
-        cmd.arg(addr.ip().to_string())
-            .arg(addr.port().to_string())
-            .args(args);
-        match password_env {
-            Some(p) => cmd.env("NATTER_PASSWORD", p),
-            None => cmd.env_remove("NATTER_PASSWORD"),
-        };
+        let mut cmd = natter_command(addr, args, password_env);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

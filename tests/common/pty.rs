@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use nix::pty::{Winsize, openpty};
@@ -36,15 +36,7 @@ impl Pty {
             ws_ypixel: 0,
         };
         let pty = openpty(Some(&ws), None).expect("openpty");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
-        cmd.arg(addr.ip().to_string())
-            .arg(addr.port().to_string())
-            .args(args);
-        match password {
-            Some(p) => cmd.env("NATTER_PASSWORD", p),
-            None => cmd.env_remove("NATTER_PASSWORD"),
-        };
-        let child = cmd
+        let child = super::natter_command(addr, args, password)
             .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
             .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
             .stderr(Stdio::from(pty.slave.try_clone().unwrap()))
