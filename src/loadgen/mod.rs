@@ -354,6 +354,20 @@ fn wait_for(limit: Duration, progress: &Progress, mut cond: impl FnMut() -> bool
     }
 }
 
+/// One connection that says hello and leaves, then a pause for the server to go
+/// quiet (it releases idle buffers 50 ms after activity stops).
+fn probe(addr: SocketAddr) {
+    use std::io::{BufRead, BufReader, Write};
+    if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"HELLO 1\n").is_ok() {
+            let mut line = String::new();
+            let _ = BufReader::new(&s).read_line(&mut line);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 /// A one-line progress display on stderr, when it is a terminal.
 struct Progress {
     on: bool,
@@ -418,6 +432,14 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         last: std::cell::Cell::new(Instant::now()),
     };
     let sample = || opts.server_pid.and_then(ProcSample::read);
+    let at_start = sample();
+    if opts.mode == Mode::Idle && at_start.is_some() {
+        // A server's memory at rest changes once its first connection has come and
+        // gone (buffers sized, the allocator warmed up); measuring per-connection
+        // memory against the untouched server would credit that change to the
+        // connections. Probe first, let it go quiet, then take the baseline.
+        probe(addr);
+    }
     let before_connect = sample();
     let t_start = Instant::now();
 
@@ -498,6 +520,9 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             stop(&shared);
             progress.done();
             if let (Some(base), Some(b), Some(a)) = (before_connect, b, a) {
+                if let Some(start) = at_start {
+                    report.int("server_rss_at_start_kib", start.rss_kib);
+                }
                 report.int("server_rss_before_kib", base.rss_kib);
                 report.int("server_rss_kib", a.rss_kib);
                 report.float(

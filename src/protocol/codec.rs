@@ -28,10 +28,10 @@ pub enum Frame<'a> {
 pub struct LineDecoder {
     partial: Vec<u8>,
     discarding: bool,
-    /// The frame a handler paused on, kept to be offered again first.
-    stalled: Option<Stalled>,
-    /// Raw bytes that came after the stalled frame.
-    held: Vec<u8>,
+    /// The frame a handler paused on and the raw bytes that came after it, kept to be
+    /// offered again first. Boxed: pauses are rare, and an idle connection's decoder
+    /// stays small.
+    stalled: Option<Box<(Stalled, Vec<u8>)>>,
 }
 
 #[derive(Debug)]
@@ -75,16 +75,16 @@ impl LineDecoder {
         let Some(stalled) = self.stalled.take() else {
             return;
         };
-        let flow = match &stalled {
+        let flow = match &stalled.0 {
             Stalled::Line(raw) => on_frame(classify(raw, max_line)),
             Stalled::TooLong => on_frame(Frame::TooLong),
             Stalled::BadUtf8 => on_frame(Frame::BadUtf8),
         };
         match flow {
             Flow::Pause => self.stalled = Some(stalled),
-            Flow::Stop => self.held = Vec::new(),
+            Flow::Stop => {}
             Flow::Continue => {
-                let held = std::mem::take(&mut self.held);
+                let (_, held) = *stalled;
                 self.feed(&held, max_line, on_frame);
             }
         }
@@ -92,12 +92,12 @@ impl LineDecoder {
 
     /// Keeps `frame` (from `raw`) and `rest` for `resume`.
     fn stall(&mut self, frame: &Frame<'_>, raw: &[u8], rest: &[u8]) {
-        self.stalled = Some(match frame {
+        let frame = match frame {
             Frame::Line(_) => Stalled::Line(raw.to_vec()),
             Frame::TooLong => Stalled::TooLong,
             Frame::BadUtf8 => Stalled::BadUtf8,
-        });
-        self.held.extend_from_slice(rest);
+        };
+        self.stalled = Some(Box::new((frame, rest.to_vec())));
     }
 
     /// Feeds `data` and calls `on_frame` for every complete frame, in order.
@@ -110,8 +110,8 @@ impl LineDecoder {
         max_line: usize,
         mut on_frame: impl FnMut(Frame<'_>) -> Flow,
     ) {
-        if self.stalled.is_some() {
-            self.held.extend_from_slice(data);
+        if let Some(stalled) = &mut self.stalled {
+            stalled.1.extend_from_slice(data);
             return;
         }
         while !data.is_empty() {

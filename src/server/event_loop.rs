@@ -262,7 +262,9 @@ impl Server {
             read_backlog: Vec::new(),
             accept_ready: true,
             on_idle: cfg.on_idle,
-            busy: false,
+            // Start as if busy: the first quiet poll then gives back what start-up used
+            // (credentials parsing, journal replay), instead of only after a first client.
+            busy: true,
             accept_retry_at: None,
             verifier,
             signals,

@@ -201,6 +201,11 @@ impl<T: Default> PerAccount<T> {
         self.0.get(id as usize)
     }
 
+    /// The entry of `id` if the table reaches it (never grows the table).
+    pub(super) fn get_mut_if_any(&mut self, id: AccountId) -> Option<&mut T> {
+        self.0.get_mut(id as usize)
+    }
+
     pub(super) fn get_mut(&mut self, id: AccountId) -> &mut T {
         let i = id as usize;
         if i >= self.0.len() {

@@ -22,6 +22,7 @@ pub(super) fn feed(core: &mut Core, key: usize, data: &[u8], now: Instant) {
         return;
     }
     s.live.last_rx = now;
+    s.live.awaiting = false;
     let mut decoder = std::mem::take(&mut s.decoder);
     let max_line = core.cfg.max_line;
     decoder.feed(data, max_line, |frame| on_frame(core, key, frame, now));
@@ -63,7 +64,7 @@ fn take_token(core: &mut Core, key: usize, now: Instant) -> bool {
     let Some(s) = core.sessions.get_mut(key) else {
         return false;
     };
-    if core.cfg.flood_burst == 0 || (s.peer.ip().is_loopback() && !limit_loopback) {
+    if core.cfg.flood_burst == 0 || (s.ip.is_loopback() && !limit_loopback) {
         return true;
     }
     let Err(wait) = s.tokens.take(rate, now) else {
@@ -74,7 +75,7 @@ fn take_token(core: &mut Core, key: usize, now: Instant) -> bool {
     core.stats.flood_throttled += 1;
     info!(
         "conn {key}: flood limit from {}: input paused for {wait:?}",
-        s.peer.ip()
+        s.ip
     );
     core.timers
         .insert_exact(now + wait, super::timers::TimerKind::Resume { key, serial });

@@ -126,9 +126,9 @@ pub(super) fn hello(core: &mut Core, key: usize, version: u32) {
         return core.error(key, ErrorCode::Version, &PROTOCOL_VERSION.to_string());
     }
     let s = &mut core.sessions[key];
-    if let Phase::Hello { login_timer } = s.phase {
+    if let Phase::Hello { deadline } = s.phase {
         s.phase = Phase::Login {
-            login_timer,
+            deadline,
             user: None,
         };
     }
@@ -149,7 +149,7 @@ pub(super) fn hello(core: &mut Core, key: usize, version: u32) {
 /// An unknown name may be retried; a locked-out or online account is refused and the
 /// connection closed, as a full login would be. Never counts as a failure.
 pub(super) fn user(core: &mut Core, key: usize, name: &str, now: Instant) {
-    let ip = core.sessions[key].peer.ip();
+    let ip = core.sessions[key].ip;
     let Some(id) = core.dir.lookup(name) else {
         info!("conn {key}: unknown user {name:?} from {ip} at the username step");
         return core.error(key, ErrorCode::NoSuchUser, name);
@@ -179,7 +179,7 @@ pub(super) fn login(
 ) {
     let Some(id) = core.dir.lookup(name) else {
         core.stats.failed_logins += 1;
-        let ip = core.sessions[key].peer.ip();
+        let ip = core.sessions[key].ip;
         info!("conn {key}: login failed from {ip} for unknown user {name:?}");
         return core.error(key, ErrorCode::NoSuchUser, name);
     };
@@ -196,7 +196,7 @@ pub(super) fn password(
     port: Option<u16>,
     now: Instant,
 ) {
-    let ip = core.sessions[key].peer.ip();
+    let ip = core.sessions[key].ip;
     if refuse_if_locked(core, key, id, ip, now) {
         return;
     }
@@ -287,7 +287,7 @@ fn refuse_if_locked(core: &mut Core, key: usize, id: AccountId, ip: IpAddr, now:
 
 /// The rest of a login once the password is checked.
 fn finish(core: &mut Core, key: usize, id: AccountId, ok: bool, port: Option<u16>, now: Instant) {
-    let ip = core.sessions[key].peer.ip();
+    let ip = core.sessions[key].ip;
     // While a hash was being verified, a reload may have removed the account...
     if core.dir.get(id).ghost {
         let name = core.dir.name(id).to_owned();
@@ -302,7 +302,11 @@ fn finish(core: &mut Core, key: usize, id: AccountId, ok: bool, port: Option<u16
     }
     let scope_ip = core.login.scope_ip(ip);
     match scope_ip {
-        None => core.login.by_account.get_mut(id).failures = 0,
+        None => {
+            if let Some(st) = core.login.by_account.get_mut_if_any(id) {
+                st.failures = 0;
+            }
+        }
         Some(ip) => {
             core.login.by_ip.remove(&(id, ip));
         }
@@ -319,24 +323,17 @@ fn finish(core: &mut Core, key: usize, id: AccountId, ok: bool, port: Option<u16
     core.dir.set_online(id, key);
     core.stats.logins += 1;
     info!("conn {key}: user {name} logged in from {ip}");
-    let serial = core.sessions[key].serial;
-    let idle_timer = core
-        .timers
-        .insert(now + core.cfg.timeout, TimerKind::Idle { key, serial });
     let s = &mut core.sessions[key];
-    if let Phase::Hello { login_timer } | Phase::Login { login_timer, .. } = &mut s.phase
-        && let Some(t) = login_timer.take()
-    {
-        core.timers.cancel(t);
-    }
+    let serial = s.serial;
     s.phase = Phase::Active(Active {
         account: id,
         last_activity: now,
         peer_port: port,
         inflight: Default::default(),
-        idle_timer: Some(idle_timer),
         intros: TokenBucket::full(super::private::RATE, now),
     });
+    // No login deadline any more; inactivity instead.
+    super::timers::rearm(core, key, serial);
     core.reply(key, Reply::Welcome);
     messaging::pump(core, id);
     presence::announce(core, id, true);

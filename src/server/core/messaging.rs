@@ -40,6 +40,9 @@ impl Messaging {
 
     /// A closed session's unacknowledged messages go back to the front of the mailbox.
     pub(super) fn give_back(&mut self, id: AccountId, inflight: VecDeque<Stored>) {
+        if inflight.is_empty() {
+            return;
+        }
         let mailbox = self.mailboxes.get_mut(id);
         for m in inflight.into_iter().rev() {
             mailbox.push_front(m);
@@ -153,7 +156,10 @@ pub(super) fn pump(core: &mut Core, id: AccountId) {
     let Phase::Active(a) = &mut s.phase else {
         return;
     };
-    let mailbox = core.messaging.mailboxes.get_mut(id);
+    // Only users with mail have a mailbox entry (the table is not grown at login).
+    let Some(mailbox) = core.messaging.mailboxes.get_mut_if_any(id) else {
+        return;
+    };
     let mut sent = false;
     while a.inflight.len() < core.messaging.ack_window {
         let Some(m) = mailbox.pop_front() else {

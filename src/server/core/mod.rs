@@ -275,29 +275,25 @@ impl Core {
         let serial = self.next_serial;
         self.next_serial += 1;
         let key = self.sessions.vacant_key();
-        let login_timer = self.timers.insert(
-            now + self.cfg.login_timeout,
-            TimerKind::Login { key, serial },
-        );
-        let live_timer = self.timers.insert(
-            now + self.cfg.ping_interval,
-            TimerKind::Live { key, serial },
-        );
+        let deadline = now + self.cfg.login_timeout;
+        let live_due = now + self.cfg.ping_interval;
+        let timer = self
+            .timers
+            .insert(deadline.min(live_due), TimerKind::Session { key, serial });
         let got = self.sessions.insert(Session {
-            peer,
+            ip: peer.ip(),
             serial,
             output: Output::default(),
             decoder: LineDecoder::default(),
-            phase: Phase::Hello {
-                login_timer: Some(login_timer),
-            },
+            phase: Phase::Hello { deadline },
             gate: Gate::Open,
             live: Liveness {
                 last_rx: now,
+                due: live_due,
                 ping_seq: 0,
-                ping_sent: None,
-                timer: Some(live_timer),
+                awaiting: false,
             },
+            timer: Some(timer),
             tokens: TokenBucket::full(self.flood_rate(), now),
         });
         debug_assert_eq!(got, key);
@@ -592,7 +588,7 @@ impl Core {
         if s.is_closing() {
             return;
         }
-        if let Some(t) = s.live.timer.take() {
+        if let Some(t) = s.timer.take() {
             self.timers.cancel(t);
         }
         if reason == CloseReason::SlowReader {
@@ -610,15 +606,8 @@ impl Core {
         self.closing.push(key);
         self.stats.closed += 1;
         match phase {
-            Phase::Hello { login_timer } | Phase::Login { login_timer, .. } => {
-                if let Some(t) = login_timer {
-                    self.timers.cancel(t);
-                }
-            }
+            Phase::Hello { .. } | Phase::Login { .. } | Phase::Closing => {}
             Phase::Active(a) => {
-                if let Some(t) = a.idle_timer {
-                    self.timers.cancel(t);
-                }
                 let at = self.store.wall_ms(now);
                 info!(
                     "conn {key}: user {} logged out ({reason:?})",
@@ -629,7 +618,6 @@ impl Core {
                 self.messaging.give_back(a.account, a.inflight);
                 presence::announce(self, a.account, false);
             }
-            Phase::Closing => {}
         }
     }
 }

@@ -24,7 +24,10 @@ pub(crate) const HELD_MAX: usize = 64 << 10;
 #[derive(Debug, Default)]
 pub(crate) struct Output {
     pub out: OutBuf,
-    held: Held,
+    /// Boxed (most sessions never hold a reply: the session table stays compact) and
+    /// kept between holds (under `--fsync always` nearly every sender holds one per
+    /// batch); given back when the connection goes quiet.
+    held: Option<Box<Held>>,
     /// Listed in [`Outbox::dirty`].
     dirty: bool,
 }
@@ -32,18 +35,26 @@ pub(crate) struct Output {
 impl Output {
     /// Whether replies wait for a journal batch.
     pub(crate) fn is_held(&self) -> bool {
-        !self.held.marks.is_empty()
+        self.held.as_ref().is_some_and(|h| !h.marks.is_empty())
     }
 
     pub(crate) fn held_too_much(&self) -> bool {
-        self.held.buf.len() > HELD_MAX
+        self.held.as_ref().is_some_and(|h| h.buf.len() > HELD_MAX)
     }
 
     /// Gives idle buffers back.
     pub(crate) fn shrink(&mut self) {
         self.out.shrink(0);
-        if self.held.marks.is_empty() {
-            self.held.buf = Vec::new();
+        if !self.is_held() {
+            self.held = None;
+        }
+    }
+
+    /// Moves the replies whose batches are durable up to `seq` into the output.
+    fn release(&mut self, seq: u64) -> bool {
+        match &mut self.held {
+            Some(h) => h.release(seq, &mut self.out),
+            None => false,
         }
     }
 }
@@ -158,7 +169,7 @@ impl Outbox {
         if !o.is_held() {
             self.held.push((key, serial));
         }
-        o.held.push(seq, f);
+        o.held.get_or_insert_default().push(seq, f);
     }
 
     /// Journal batches up to `seq` are durable: moves the replies held for them into
@@ -177,7 +188,7 @@ impl Outbox {
             };
             let was_paused = s.input_paused();
             let o = &mut s.output;
-            if o.held.release(seq, &mut o.out) {
+            if o.release(seq) {
                 self.mark_dirty(key, o);
                 if was_paused && !s.input_paused() && !s.is_closing() {
                     resumed.push((key, serial));
@@ -231,11 +242,11 @@ mod tests {
             b.extend_from_slice(b"+BLOCKED c\n")
         });
         assert_eq!(o.out.pending(), b"*MSG 1 b hi\n");
-        assert!(o.held.release(3, &mut o.out));
+        assert!(o.release(3));
         assert_eq!(o.out.pending(), b"*MSG 1 b hi\n+SENT a\n+PONG\n");
         assert!(o.is_held());
-        assert!(!o.held.release(3, &mut o.out));
-        assert!(o.held.release(4, &mut o.out));
+        assert!(!o.release(3));
+        assert!(o.release(4));
         assert_eq!(
             o.out.pending(),
             b"*MSG 1 b hi\n+SENT a\n+PONG\n+BLOCKED c\n"

@@ -60,7 +60,7 @@ pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
     let Some((ip, port)) = core
         .sessions
         .get_mut(tkey)
-        .and_then(|s| Some((s.peer.ip(), s.active_mut()?.peer_port)))
+        .and_then(|s| Some((s.ip, s.active_mut()?.peer_port)))
     else {
         return core.error(cx.key, ErrorCode::Offline, user);
     };

@@ -9,7 +9,7 @@
 //! (with the login it will finish) or flood control.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use super::flood::TokenBucket;
@@ -19,7 +19,8 @@ use crate::protocol::LineDecoder;
 use crate::server::timer::TimerHandle;
 
 pub(crate) struct Session {
-    pub peer: SocketAddr,
+    /// The client's address (the loop keeps the port).
+    pub ip: IpAddr,
     /// Unique for the life of the process: stale timers and verdicts carry it.
     pub serial: u64,
     pub output: Output,
@@ -27,19 +28,22 @@ pub(crate) struct Session {
     pub phase: Phase,
     pub gate: Gate,
     pub live: Liveness,
+    /// The session's one timer, at the earliest of its deadlines (login, liveness,
+    /// inactivity); each check is made when it fires, and it is re-armed.
+    pub timer: Option<TimerHandle>,
     /// Flood-control tokens (commands), refilled at `flood_rate` up to `flood_burst`.
     pub tokens: TokenBucket,
 }
 
 pub(crate) enum Phase {
-    /// Waiting for `HELLO`.
+    /// Waiting for `HELLO`; must log in by `deadline`.
     Hello {
-        login_timer: Option<TimerHandle>,
+        deadline: Instant,
     },
-    /// Handshake done, waiting for a successful login; `user` is the account a `USER`
-    /// named, whose password a `PASS` gives.
+    /// Handshake done, waiting for a successful login by `deadline`; `user` is the
+    /// account a `USER` named, whose password a `PASS` gives.
     Login {
-        login_timer: Option<TimerHandle>,
+        deadline: Instant,
         user: Option<AccountId>,
     },
     Active(Active),
@@ -54,7 +58,6 @@ pub(crate) struct Active {
     pub peer_port: Option<u16>,
     /// Direct messages sent and not yet acknowledged, oldest first.
     pub inflight: VecDeque<Stored>,
-    pub idle_timer: Option<TimerHandle>,
     /// Private introductions this user may still ask for (see `private::RATE`).
     pub intros: TokenBucket,
 }
@@ -75,9 +78,13 @@ pub(crate) enum Gate {
 /// The liveness check: a silent connection is pinged, and dropped if nothing answers.
 pub(crate) struct Liveness {
     pub last_rx: Instant,
+    /// When to check next: `last_rx + interval` (ping if still silent), or, with a
+    /// ping out, the ping's time plus the grace (drop if still silent). Data arriving
+    /// does not move it: the check re-arms itself lazily.
+    pub due: Instant,
     pub ping_seq: u64,
-    pub ping_sent: Option<Instant>,
-    pub timer: Option<TimerHandle>,
+    /// A `*PING` is out and nothing has arrived since.
+    pub awaiting: bool,
 }
 
 impl Session {

@@ -625,3 +625,12 @@ fn a_reload_adds_changes_and_removes_accounts() {
     let k = h.hello();
     assert_eq!(h.ask(k, "LOGIN rey new"), ["+WELCOME"]);
 }
+
+/// What an idle connection costs in the core (docs/architecture.md, "Memory at rest",
+/// adds up these sizes): a regression here is a regression of memory per user.
+#[test]
+fn an_idle_session_stays_small() {
+    assert!(std::mem::size_of::<super::session::Session>() <= 320);
+    assert!(std::mem::size_of::<crate::protocol::LineDecoder>() <= 40);
+    assert!(std::mem::size_of::<super::outbox::Output>() <= 80);
+}

@@ -19,27 +19,14 @@ use crate::server::timer::{TimerHandle, TimerWheel};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum TimerKind {
-    Login {
-        key: usize,
-        serial: u64,
-    },
-    Idle {
-        key: usize,
-        serial: u64,
-    },
-    Live {
-        key: usize,
-        serial: u64,
-    },
+    /// A session's one timer: its login deadline, liveness check and inactivity.
+    Session { key: usize, serial: u64 },
     Lockout {
         account: AccountId,
         ip: Option<IpAddr>,
     },
     /// A throttled session gets a token back.
-    Resume {
-        key: usize,
-        serial: u64,
-    },
+    Resume { key: usize, serial: u64 },
 }
 
 pub(super) struct Timers {
@@ -56,7 +43,7 @@ impl Timers {
     }
 
     /// Rounds a deadline up to the next whole second since start.
-    fn coarse(&self, t: Instant) -> Instant {
+    pub(super) fn coarse(&self, t: Instant) -> Instant {
         let since = t.saturating_duration_since(self.origin);
         let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
         self.origin + Duration::from_secs(secs)
@@ -98,76 +85,68 @@ pub(super) fn fire(core: &mut Core, t: TimerKind, now: Instant) {
                 dispatch::resume_input(core, key, now);
             }
         }
-        TimerKind::Login { key, serial } => login_deadline(core, key, serial, now),
-        TimerKind::Idle { key, serial } => inactivity(core, key, serial, now),
-        TimerKind::Live { key, serial } => liveness(core, key, serial, now),
+        TimerKind::Session { key, serial } => session_checks(core, key, serial, now),
     }
 }
 
-/// No login within `--login-timeout`.
-fn login_deadline(core: &mut Core, key: usize, serial: u64, now: Instant) {
+/// A session's timer fired: checks every deadline that may be due, acts on the first
+/// one that is, and re-arms for the earliest one left. One timer per connection keeps
+/// an idle connection's cost (and the wheel's work) down; activity never touches it.
+fn session_checks(core: &mut Core, key: usize, serial: u64, now: Instant) {
     let Some(s) = session::current(&mut core.sessions, key, serial) else {
         return;
     };
-    if let Phase::Hello { login_timer } | Phase::Login { login_timer, .. } = &mut s.phase {
-        *login_timer = None;
+    s.timer = None;
+    // No login within `--login-timeout`.
+    // Deadlines count as reached at their whole second, as the timer does: checking
+    // the exact instant on a wake-up for another deadline would act early.
+    if let Phase::Hello { deadline } | Phase::Login { deadline, .. } = s.phase
+        && core.timers.coarse(deadline) <= now
+    {
         core.stats.login_timeouts += 1;
         info!(
             "conn {key}: no login within {:?}, closing",
             core.cfg.login_timeout
         );
-        core.bye(key, ByeReason::LoginTimeout, CloseReason::LoginTimeout, now);
+        return core.bye(key, ByeReason::LoginTimeout, CloseReason::LoginTimeout, now);
     }
-}
-
-/// The inactivity timer: logs out a user who typed nothing for `TIMEOUT`, or re-arms
-/// for the rest of the interval (activity does not touch the timer: checked lazily).
-fn inactivity(core: &mut Core, key: usize, serial: u64, now: Instant) {
-    let timeout = core.cfg.timeout;
-    let Some(a) = session::current(&mut core.sessions, key, serial).and_then(|s| s.active_mut())
-    else {
+    if core.timers.coarse(s.live.due) <= now && !liveness(core, key, now) {
         return;
-    };
-    a.idle_timer = None;
-    let deadline = a.last_activity + timeout;
-    if deadline <= now {
+    }
+    // Inactivity: no command for `TIMEOUT` (checked lazily: commands only store the
+    // time of the last one).
+    if let Some(Phase::Active(a)) = core.sessions.get(key).map(|s| &s.phase)
+        && core.timers.coarse(a.last_activity + core.cfg.timeout) <= now
+    {
         core.stats.idle_logouts += 1;
         core.push(key, |out| Push::Timeout.encode(out));
         return core.close(key, CloseReason::Idle, now);
     }
-    let h = core
-        .timers
-        .insert(deadline, TimerKind::Idle { key, serial });
-    if let Some(a) = core.sessions.get_mut(key).and_then(|s| s.active_mut()) {
-        a.idle_timer = Some(h);
-    }
+    rearm(core, key, serial);
 }
 
 /// The liveness check: ping a connection silent for `ping_interval`; drop it if the
-/// ping goes unanswered for `ping_timeout`.
-fn liveness(core: &mut Core, key: usize, serial: u64, now: Instant) {
+/// ping goes unanswered for `ping_timeout`. Returns false if it dropped it.
+fn liveness(core: &mut Core, key: usize, now: Instant) -> bool {
     let (interval, grace) = (core.cfg.ping_interval, core.cfg.ping_timeout);
-    let Some(s) = session::current(&mut core.sessions, key, serial) else {
-        return;
+    let Some(s) = core.sessions.get_mut(key) else {
+        return false;
     };
-    s.live.timer = None;
     s.shrink();
     if s.input_paused() {
         // Not reading it on purpose: its silence proves nothing.
         s.live.last_rx = now;
-        s.live.ping_sent = None;
+        s.live.awaiting = false;
     }
-    if let Some(sent) = s.live.ping_sent {
-        if s.live.last_rx <= sent {
-            core.stats.dead_peer_kills += 1;
-            info!("conn {key}: no answer to ping within {grace:?}, closing");
-            return core.close(key, CloseReason::NoPong, now);
-        }
-        s.live.ping_sent = None;
+    if s.live.awaiting {
+        core.stats.dead_peer_kills += 1;
+        info!("conn {key}: no answer to ping within {grace:?}, closing");
+        core.close(key, CloseReason::NoPong, now);
+        return false;
     }
-    let next = if now.saturating_duration_since(s.live.last_rx) >= interval {
+    s.live.due = if now.saturating_duration_since(s.live.last_rx) >= interval {
         s.live.ping_seq += 1;
-        s.live.ping_sent = Some(now);
+        s.live.awaiting = true;
         let seq = s.live.ping_seq;
         core.outbox
             .push(key, &mut s.output, |out| Push::Ping { seq }.encode(out));
@@ -175,10 +154,26 @@ fn liveness(core: &mut Core, key: usize, serial: u64, now: Instant) {
     } else {
         s.live.last_rx + interval
     };
-    let h = core.timers.insert(next, TimerKind::Live { key, serial });
-    if let Some(s) = core.sessions.get_mut(key) {
-        s.live.timer = Some(h);
+    true
+}
+
+/// Arms the session's timer at the earliest of its deadlines (replacing one armed
+/// already: a login changes the deadlines).
+pub(super) fn rearm(core: &mut Core, key: usize, serial: u64) {
+    let timeout = core.cfg.timeout;
+    let Some(s) = core.sessions.get_mut(key) else {
+        return;
+    };
+    if let Some(t) = s.timer.take() {
+        core.timers.cancel(t);
     }
+    let phase_due = match &s.phase {
+        Phase::Hello { deadline } | Phase::Login { deadline, .. } => Some(*deadline),
+        Phase::Active(a) => Some(a.last_activity + timeout),
+        Phase::Closing => None,
+    };
+    let at = phase_due.map_or(s.live.due, |d| d.min(s.live.due));
+    s.timer = Some(core.timers.insert(at, TimerKind::Session { key, serial }));
 }
 
 /// `PONG <seq>`: answers our latest ping.
@@ -186,6 +181,6 @@ pub(super) fn pong(core: &mut Core, key: usize, seq: u64) {
     if let Some(s) = core.sessions.get_mut(key)
         && seq == s.live.ping_seq
     {
-        s.live.ping_sent = None;
+        s.live.awaiting = false;
     }
 }
