@@ -21,6 +21,9 @@ row per case with the median of each reported number. Cases (default: all but ch
   broadcast-light  N=1000, 4 senders, W=8
   login-storm      N=10000
   idle             N=19000 idle clients for 10 s
+  idle-9000        N=9000 idle clients for 10 s
+  startup          natterd with the bundled 7 users, nobody connected: its RSS (and
+                   private memory) a second after start, and after a first client
   churn            50 clients connecting, messaging and leaving for 5 minutes
 """
 
@@ -53,11 +56,51 @@ def cases(duration):
     out["broadcast-light"] = ([], ["broadcast", "-n", "1000", "-k", "4", "-w", "8", *d])
     out["login-storm"] = ([], ["login-storm", "-n", "10000", "--setup-timeout", "120s"])
     out["idle"] = ([], ["idle", "-n", "19000", "-d", "10", "--setup-timeout", "180s"])
+    out["idle-9000"] = ([], ["idle", "-n", "9000", "-d", "10", "--setup-timeout", "120s"])
+    out["startup"] = ("startup", None)
     out["churn"] = ([], ["churn", "-n", "50", "-d", "300"])
     return out
 
 
+def rss_kib(pid, field="Rss"):
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def startup_once():
+    """natterd on its defaults (bundled credentials, a journal): memory at rest."""
+    import socket, time
+    tmp = tempfile.mkdtemp(prefix="natter-start-")
+    try:
+        shutil.copy(os.path.join(ROOT, "credentials.txt"), tmp)
+        server = subprocess.Popen([NATTERD, "0", "--bind", "127.0.0.1"], cwd=tmp,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        port = int(server.stdout.readline().strip().rsplit(":", 1)[-1])
+        try:
+            time.sleep(1)
+            out = {"rss_at_start_kib": rss_kib(server.pid),
+                   "anon_at_start_kib": rss_kib(server.pid, "Anonymous")}
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(b"HELLO 1\nLOGIN hans falcon*solo\nLOGOUT\n")
+                while c.recv(4096):
+                    pass
+            time.sleep(1)
+            out["rss_after_first_client_kib"] = rss_kib(server.pid)
+            out["anon_after_first_client_kib"] = rss_kib(server.pid, "Anonymous")
+            return out
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_once(server_flags, bench_args):
+    if server_flags == "startup":
+        return startup_once()
     if server_flags is None:
         res = subprocess.run([BENCH, *bench_args, "--json"], capture_output=True, text=True, check=True)
         return json.loads(res.stdout)

@@ -236,13 +236,23 @@ pub(super) fn snapshot(core: &Core, now: Instant, out: &mut Vec<u8>) {
             })
             .into_iter()
             .flatten();
+        for m in inflight {
+            let text = String::from_utf8_lossy(m.text);
+            Record::Msg {
+                id: m.id,
+                from: name(m.from),
+                to: who,
+                text: &text,
+            }
+            .encode(out);
+        }
         let mailbox = core
             .messaging
             .mailboxes
             .get(id)
             .into_iter()
             .flat_map(|m| m.iter());
-        for m in inflight.chain(mailbox) {
+        for m in mailbox {
             Record::Msg {
                 id: m.id,
                 from: name(m.from),

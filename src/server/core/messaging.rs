@@ -8,9 +8,8 @@
 //! which paces a login backlog of thousands. When a session ends, its unacknowledged
 //! messages go back to the front of the mailbox, in order.
 
-use std::collections::VecDeque;
-
 use super::directory::PerAccount;
+use super::inflight::Inflight;
 use super::session::Phase;
 use super::{AccountId, Core, CoreConfig, Cx, Stored, blocking, presence};
 use crate::protocol::frames::{self, ErrorCode, Push, Reply};
@@ -39,12 +38,12 @@ impl Messaging {
     }
 
     /// A closed session's unacknowledged messages go back to the front of the mailbox.
-    pub(super) fn give_back(&mut self, id: AccountId, inflight: VecDeque<Stored>) {
-        if inflight.is_empty() {
+    pub(super) fn give_back(&mut self, id: AccountId, inflight: Inflight) {
+        if inflight.len() == 0 {
             return;
         }
         let mailbox = self.mailboxes.get_mut(id);
-        for m in inflight.into_iter().rev() {
+        for m in inflight.into_stored().into_iter().rev() {
             mailbox.push_front(m);
         }
     }
@@ -79,11 +78,7 @@ pub(super) fn direct(core: &mut Core, cx: Cx, to: &str, text: &str) {
         core.messaging.next_id += 1;
         core.store.message(id, from, core.dir.name(target), text);
         frames::encode_msg(s.output.out.tail(), id, from, text);
-        a.inflight.push_back(Stored {
-            id,
-            from: cx.account,
-            text: text.into(),
-        });
+        a.inflight.push(id, cx.account, text);
         core.outbox.after_append(k, &mut s.output);
         core.stats.direct_delivered += 1;
         return core.reply_durable(cx.key, Reply::Sent { to, stored: false });
@@ -134,10 +129,7 @@ pub(super) fn ack(core: &mut Core, key: usize, id: u64) {
     let Some(a) = core.sessions.get_mut(key).and_then(|s| s.active_mut()) else {
         return;
     };
-    let mut upto = None;
-    while a.inflight.front().is_some_and(|m| m.id <= id) {
-        upto = a.inflight.pop_front().map(|m| m.id);
-    }
+    let upto = a.inflight.ack(id);
     let account = a.account;
     if let Some(upto) = upto {
         core.store.ack(core.dir.name(account), upto);
@@ -166,7 +158,7 @@ pub(super) fn pump(core: &mut Core, id: AccountId) {
             break;
         };
         frames::encode_msg(s.output.out.tail(), m.id, core.dir.name(m.from), &m.text);
-        a.inflight.push_back(m);
+        a.inflight.push(m.id, m.from, &m.text);
         sent = true;
     }
     if sent {

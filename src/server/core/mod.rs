@@ -57,6 +57,7 @@ mod blocking;
 mod directory;
 mod dispatch;
 pub mod durability;
+mod inflight;
 mod login;
 mod messaging;
 pub(crate) mod outbox;

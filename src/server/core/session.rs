@@ -8,13 +8,13 @@
 //! handled now is the [`Gate`], orthogonal to the phase: a verification in progress
 //! (with the login it will finish) or flood control.
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::time::Instant;
 
+use super::AccountId;
 use super::flood::TokenBucket;
+use super::inflight::Inflight;
 use super::outbox::Output;
-use super::{AccountId, Stored};
 use crate::protocol::LineDecoder;
 use crate::server::timer::TimerHandle;
 
@@ -57,7 +57,7 @@ pub(crate) struct Active {
     pub last_activity: Instant,
     pub peer_port: Option<u16>,
     /// Direct messages sent and not yet acknowledged, oldest first.
-    pub inflight: VecDeque<Stored>,
+    pub inflight: Inflight,
     /// Private introductions this user may still ask for (see `private::RATE`).
     pub intros: TokenBucket,
 }
@@ -110,6 +110,9 @@ impl Session {
     pub(crate) fn shrink(&mut self) {
         self.decoder.shrink();
         self.output.shrink();
+        if let Phase::Active(a) = &mut self.phase {
+            a.inflight.shrink();
+        }
     }
 }
 
