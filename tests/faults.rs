@@ -31,6 +31,15 @@ fn free_disk(s: &Server) {
     assert!(ok, "prlimit --pid failed");
 }
 
+/// A server whose disk fills after about 4 KB of journal.
+fn server_with_a_small_disk() -> Server {
+    let mut s = Server::start(&["0"]);
+    s.kill9();
+    s.set_wrapper(&["prlimit", &disk_full_at(4000)]);
+    s.start_again();
+    s
+}
+
 fn journal_len(s: &Server) -> u64 {
     std::fs::metadata(s.journal_path()).map_or(0, |m| m.len())
 }
@@ -122,10 +131,7 @@ fn a_damaged_copy_without_a_journal_refuses_to_start() {
 
 #[test]
 fn sigterm_on_a_full_disk_exits_within_its_bound_and_says_what_was_not_stored() {
-    let mut s = Server::start(&["0"]);
-    s.kill9();
-    s.set_wrapper(&["prlimit", &disk_full_at(4000)]);
-    s.start_again();
+    let mut s = server_with_a_small_disk();
     let mut hans = s.login("hans", "falcon*solo");
     fill_until_the_disk_fails(&s, &mut hans, 40);
     let start = Instant::now();
@@ -160,10 +166,7 @@ fn wait_until_exit(s: &mut Server, bound: Duration) {
 
 #[test]
 fn pushes_flow_while_a_reply_waits_on_a_failing_disk_and_the_reply_is_never_lost() {
-    let mut s = Server::start(&["0"]);
-    s.kill9();
-    s.set_wrapper(&["prlimit", &disk_full_at(4000)]);
-    s.start_again();
+    let s = server_with_a_small_disk();
     let mut yoda = s.login("yoda", "wise@!man");
     let mut luke = s.login("luke", "jedi*knight");
     yoda.expect("*LOGIN luke");

@@ -371,6 +371,14 @@ pub struct Cli {
     lines: Receiver<String>,
 }
 
+/// Writes `line` and a newline to a client's stdin.
+fn type_into(stdin: &mut Option<ChildStdin>, line: &str) {
+    let stdin = stdin.as_mut().expect("stdin open");
+    stdin.write_all(line.as_bytes()).expect("write stdin");
+    stdin.write_all(b"\n").expect("write stdin");
+    stdin.flush().ok();
+}
+
 /// `natter <ip> <port> <args>`, with `NATTER_PASSWORD` set to `password_env` or unset.
 pub fn natter_command(addr: SocketAddr, args: &[&str], password_env: Option<&str>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
@@ -422,10 +430,7 @@ impl Cli {
     }
 
     pub fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(line.as_bytes()).expect("write stdin");
-        stdin.write_all(b"\n").expect("write stdin");
-        stdin.flush().ok();
+        type_into(&mut self.stdin, line);
     }
 
     /// Closes stdin (end of input).
@@ -602,10 +607,7 @@ impl PromptCli {
     }
 
     pub fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(line.as_bytes()).expect("write stdin");
-        stdin.write_all(b"\n").expect("write stdin");
-        stdin.flush().ok();
+        type_into(&mut self.stdin, line);
     }
 
     pub fn close_stdin(&mut self) {
