@@ -608,10 +608,13 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             let deliveries = d1 - d0;
             let mut latency =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
+            let mut replies =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?;
             let mut received = Vec::new();
             let (mut accepted, mut bcast_expected) = (0, 0);
             for r in results {
                 let _ = latency.add(&r.latency);
+                let _ = replies.add(&r.reply_latency);
                 received.extend(r.received);
                 accepted += r.accepted;
                 bcast_expected += r.bcast_expected;
@@ -636,6 +639,10 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                 report.float("p99_us", latency.value_at_quantile(0.99) as f64);
                 report.float("p999_us", latency.value_at_quantile(0.999) as f64);
                 report.float("max_us", latency.max() as f64);
+            }
+            if !replies.is_empty() {
+                report.float("reply_p50_us", replies.value_at_quantile(0.5) as f64);
+                report.float("reply_p99_us", replies.value_at_quantile(0.99) as f64);
             }
             let cpu = if opts.mode == Mode::Ceiling {
                 let s = shared.relay_cpu_start.load(Ordering::Relaxed);

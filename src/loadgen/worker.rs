@@ -29,6 +29,8 @@ const MAX_CONNECTING: usize = 512;
 pub(super) struct ThreadResult {
     /// Delivery latency in microseconds, for messages received while measuring.
     pub latency: Histogram<u64>,
+    /// Reply latency (request sent to `+SENT`/`+STORED`/`+BCAST`), microseconds.
+    pub reply_latency: Histogram<u64>,
     /// One key per message received, for loss and duplicate checks: `sender << 40 | seq`
     /// for direct messages; broadcasts add the recipient (`recipient << 44 | sender << 24
     /// | seq`, seq modulo 2^24) since every recipient gets the same sender and seq.
@@ -58,6 +60,8 @@ struct Conn {
     write_interest: bool,
     inflight: u32,
     seq: u64,
+    /// When each request still waiting for its reply was sent (replies come in order).
+    sent_at: std::collections::VecDeque<u64>,
     /// Highest `*MSG` id not yet acknowledged.
     ack: Option<u64>,
     touched: bool,
@@ -110,6 +114,8 @@ pub(super) fn run(
         scratch: vec![0; 64 * 1024],
         result: ThreadResult {
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).map_err(io::Error::other)?,
+            reply_latency: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .map_err(io::Error::other)?,
             received: Vec::new(),
             accepted: 0,
             bcast_expected: 0,
@@ -185,6 +191,7 @@ impl Worker {
             write_interest: true,
             inflight: 0,
             seq: 0,
+            sent_at: std::collections::VecDeque::new(),
             ack: None,
             touched: false,
         });
@@ -459,6 +466,12 @@ impl Worker {
 
     fn replied(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key) {
+            if let Some(t) = c.sent_at.pop_front()
+                && self.measuring
+            {
+                let us = mono_ns().saturating_sub(t) / 1000;
+                let _ = self.result.reply_latency.record(us.max(1));
+            }
             c.inflight = c.inflight.saturating_sub(1);
             self.inflight_delta -= 1;
             if self.plan.mode == Mode::Churn && c.st == St::Active {
@@ -538,7 +551,8 @@ impl Worker {
             } else {
                 idx
             };
-            let head = format!("{idx}.{seq}.{}.", mono_ns());
+            let now = mono_ns();
+            let head = format!("{idx}.{seq}.{now}.");
             let pad = plan.msg_size.saturating_sub(head.len());
             let Some(c) = self.conns.get_mut(key) else {
                 return;
@@ -554,6 +568,7 @@ impl Worker {
             c.wbuf.extend_from_slice(head.as_bytes());
             c.wbuf.extend_from_slice(&self.text_pad.as_bytes()[..pad]);
             c.wbuf.push(b'\n');
+            c.sent_at.push_back(now);
             c.inflight += 1;
             c.seq += 1;
             self.inflight_delta += 1;

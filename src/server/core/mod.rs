@@ -425,13 +425,22 @@ impl Core {
         mut write: impl FnMut(usize, &[u8]) -> io::Result<usize>,
         now: Instant,
     ) {
-        while self.outbox.has_dirty() {
-            let dirty = self.outbox.take_dirty();
+        // Sessions deferred last time are offered again (still flagged dirty).
+        let mut deferred = self.outbox.take_deferred();
+        while self.outbox.has_dirty() || !deferred.is_empty() {
+            let mut dirty = self.outbox.take_dirty();
+            dirty.append(&mut deferred);
             let mut failed = Vec::new();
             for &key in &dirty {
                 let Some(s) = self.sessions.get_mut(key) else {
                     continue;
                 };
+                if !s.is_closing()
+                    && let Some(until) = s.output.defer_pushes(now)
+                {
+                    self.outbox.defer(key, until);
+                    continue;
+                }
                 Outbox::clear_dirty(&mut s.output);
                 match write(key, s.output.out.pending()) {
                     Ok(n) => s.output.out.consume(n),
@@ -471,7 +480,11 @@ impl Core {
 
     /// When [`Core::handle_timeout`] is next due.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.timers.next_deadline()
+        let timers = self.timers.next_deadline();
+        match (timers, self.outbox.deferred_until()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Drives the core with no sockets (benches, fuzzing): fires timers, makes every

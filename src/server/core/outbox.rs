@@ -10,6 +10,7 @@
 //! listed as overflowed and closed as a slow reader once the current request is done.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use slab::Slab;
 
@@ -53,11 +54,39 @@ impl Output {
     /// Moves the replies whose batches are durable up to `seq` into the output.
     fn release(&mut self, seq: u64) -> bool {
         match &mut self.held {
-            Some(h) => h.release(seq, &mut self.out),
+            Some(h) => {
+                let moved = h.release(seq, &mut self.out);
+                if h.marks.is_empty() {
+                    h.pushes_waiting_since = None;
+                }
+                moved
+            }
             None => false,
         }
     }
+
+    /// Whether to keep this session's pushes back for now, and until when. While a
+    /// reply waits for the journal (about a millisecond under `--fsync always`), the
+    /// pushes queued behind it go out together with it in one write rather than in one
+    /// write each; but never for long: after [`PUSH_WAIT`], or once [`PUSH_BATCH`]
+    /// bytes are waiting, pushes go out on their own, so a failing disk never holds up
+    /// a session's messages, presence or pings.
+    pub(crate) fn defer_pushes(&mut self, now: Instant) -> Option<Instant> {
+        let pending = self.out.len();
+        let h = self.held.as_mut().filter(|h| !h.marks.is_empty())?;
+        if pending == 0 || pending >= PUSH_BATCH {
+            return None;
+        }
+        let since = *h.pushes_waiting_since.get_or_insert(now);
+        let until = since + PUSH_WAIT;
+        (now < until).then_some(until)
+    }
 }
+
+/// How long pushes may wait behind a held reply before they go out on their own.
+pub(crate) const PUSH_WAIT: Duration = Duration::from_millis(20);
+/// Bytes of pushes that go out at once even behind a held reply.
+pub(crate) const PUSH_BATCH: usize = 16 << 10;
 
 /// Replies held until the journal batch they depend on is durable.
 #[derive(Debug, Default)]
@@ -65,6 +94,9 @@ struct Held {
     buf: Vec<u8>,
     /// (batch sequence number, end of the replies in `buf` that wait for it), in order.
     marks: VecDeque<(u64, usize)>,
+    /// Since when pushes for this session have waited for the held replies (see
+    /// [`Output::defer_pushes`]).
+    pushes_waiting_since: Option<Instant>,
 }
 
 impl Held {
@@ -114,6 +146,10 @@ impl Held {
 #[derive(Debug)]
 pub(crate) struct Outbox {
     dirty: Vec<usize>,
+    /// Sessions whose pushes wait behind a held reply (see `Output::defer_pushes`),
+    /// flushed again at `deferred_until` at the latest.
+    deferred: Vec<usize>,
+    deferred_until: Option<Instant>,
     /// Sessions that passed `max_queued`, closed once the request is done.
     overflowed: Vec<usize>,
     /// Sessions with held replies: (key, serial).
@@ -125,6 +161,8 @@ impl Outbox {
     pub(crate) fn new(max_queued: usize) -> Outbox {
         Outbox {
             dirty: Vec::new(),
+            deferred: Vec::new(),
+            deferred_until: None,
             overflowed: Vec::new(),
             held: Vec::new(),
             max_queued,
@@ -219,6 +257,24 @@ impl Outbox {
 
     pub(crate) fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
+    }
+
+    /// Keeps session `key` (dirty, not written) for a later flush, by `until`.
+    pub(crate) fn defer(&mut self, key: usize, until: Instant) {
+        self.deferred.push(key);
+        self.deferred_until = Some(self.deferred_until.map_or(until, |t| t.min(until)));
+    }
+
+    /// The sessions deferred by the last flush, to offer again (their dirty flags are
+    /// still set).
+    pub(crate) fn take_deferred(&mut self) -> Vec<usize> {
+        self.deferred_until = None;
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// When a deferred flush is due.
+    pub(crate) fn deferred_until(&self) -> Option<Instant> {
+        self.deferred_until
     }
 
     /// The next session that overflowed, to close as a slow reader.

@@ -521,9 +521,13 @@ fn a_reply_waits_for_its_journal_batch_while_pushes_flow() {
     // The block's reply waits for the disk...
     h.send(yoda, "BLOCK vader");
     assert_eq!(h.lines(yoda), Vec::<String>::new());
-    // ...pushes do not, and replies keep their order behind it.
+    // ...pushes do not (they wait a moment, to share a write with the reply, then
+    // go out on their own), and replies keep their order behind it.
     h.send(hans, "BCAST hi");
     h.send(yoda, "PING after");
+    assert_eq!(h.lines(yoda), Vec::<String>::new());
+    assert!(h.core.poll_timeout().is_some());
+    h.advance(super::outbox::PUSH_WAIT);
     assert_eq!(h.lines(yoda), ["*BCAST hans hi"]);
     h.make_durable();
     h.settle();
@@ -532,6 +536,18 @@ fn a_reply_waits_for_its_journal_batch_while_pushes_flow() {
     h.lines(hans);
     h.send(hans, "MSG yoda stored?");
     assert_eq!(h.lines(yoda), ["*MSG 1 hans stored?"]);
+    // Enough pushes go out at once, without waiting.
+    let big = "x".repeat(1000);
+    for _ in 0..20 {
+        h.send(yoda, &format!("BCAST {big}"));
+    }
+    let at_once = h.lines(hans).len();
+    assert!(
+        (16..20).contains(&at_once),
+        "{at_once} broadcasts went out at once"
+    );
+    h.advance(super::outbox::PUSH_WAIT);
+    assert_eq!(h.lines(hans).len(), 20 - at_once);
     assert_eq!(h.lines(hans), Vec::<String>::new());
     h.make_durable();
     h.settle();
