@@ -5,8 +5,9 @@
 //! the loop flushes every dirty session once per iteration (one `write` carries
 //! everything queued for it). A reply that claims durability (`+SENT`, `+BLOCKED`,
 //! ...) waits in [`Held`] for its journal batch; every later reply waits behind it
-//! (replies keep request order) while pushes go straight out (the protocol lets them
-//! come between a request and its reply). A session whose queue passes `max_queued` is
+//! (replies keep request order) while pushes go out without it (the protocol lets them
+//! come between a request and its reply): after at most `PUSH_WAIT` or once
+//! `PUSH_BATCH` bytes wait, and otherwise together with the reply, in one write. A session whose queue passes `max_queued` is
 //! listed as overflowed and closed as a slow reader once the current request is done.
 
 use std::collections::VecDeque;
