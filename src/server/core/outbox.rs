@@ -7,8 +7,9 @@
 //! ...) waits in [`Held`] for its journal batch; every later reply waits behind it
 //! (replies keep request order) while pushes go out without it (the protocol lets them
 //! come between a request and its reply): after at most `PUSH_WAIT` or once
-//! `PUSH_BATCH` bytes wait, and otherwise together with the reply, in one write. A session whose queue passes `max_queued` is
-//! listed as overflowed and closed as a slow reader once the current request is done.
+//! `PUSH_BATCH` bytes wait, and otherwise together with the reply, in one write. A
+//! session whose queue passes `max_queued` is listed as overflowed and closed as a slow
+//! reader once the current request is done.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
