@@ -249,7 +249,8 @@ impl Core {
     }
 
     /// The configuration the core runs with.
-    pub fn config(&self) -> &CoreConfig {
+    #[cfg(test)]
+    pub(crate) fn config(&self) -> &CoreConfig {
         &self.cfg
     }
 
@@ -261,11 +262,6 @@ impl Core {
     /// Users logged in now.
     pub fn online_count(&self) -> usize {
         self.dir.online().len()
-    }
-
-    /// Connections open now.
-    pub fn connection_count(&self) -> usize {
-        self.sessions.len()
     }
 
     // ---- what comes in ----------------------------------------------------------
@@ -595,7 +591,7 @@ impl Core {
     }
 
     /// Ends a session: the one close path. Safe to call twice.
-    pub fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
+    fn close(&mut self, key: usize, reason: CloseReason, now: Instant) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
