@@ -1,10 +1,10 @@
 //! `natter-bench`: the load generator (scenarios, orchestration, reports).
 //!
 //! The main thread only orchestrates: it starts worker threads (each its own
-//! `mio::Poll` over a share of the clients, see [`worker`]), moves everyone through the
+//! `mio::Poll` over a share of the clients, see `worker`), moves everyone through the
 //! phases Setup -> Run (warm-up) -> Measure -> Drain -> Stop by setting one atomic, and
 //! samples the server's `/proc/<pid>` files at the edges of the measurement window.
-//! The `ceiling` scenario runs the same traffic through [`relay`], an in-process relay
+//! The `ceiling` scenario runs the same traffic through `relay`, an in-process relay
 //! that does the least possible work, as the yardstick for everything else.
 
 mod relay;

@@ -1,6 +1,6 @@
 //! The server's event loop: one thread, one `mio::Poll`.
 //!
-//! The loop owns every socket: a table of connections ([`Conn`]: the stream, its
+//! The loop owns every socket: a table of connections (`Conn`: the stream, its
 //! address, whether write interest is registered) keyed like the core's sessions. The
 //! chat core never sees a socket; the loop hands it bytes read, time and completions
 //! (`Core::handle_*`) and takes from it bytes to write and connections to close

@@ -1,13 +1,13 @@
 //! The seam between the chat rules and where their durable effects go.
 //!
-//! Handlers never encode records themselves: they call [`Durability`]'s typed methods
+//! Handlers never encode records themselves: they call `Durability`'s typed methods
 //! (`message`, `ack`, `block`, `login`, `logout`, `lock`), which hand a [`Record`] to
 //! the [`Store`]. The single-node store is the journal ([`JournalStore`]: records
 //! encoded into one batch per loop iteration, which the loop hands to the writer
 //! thread); [`InMemory`] stores nothing. A broker-backed store would implement the same
 //! trait, so it can be added beside them without touching a handler. A reply that
 //! claims durability waits for the sequence number of the batch being built
-//! ([`Durability::hold_seq`]); the loop reports which batches are durable.
+//! (`Durability::hold_seq`); the loop reports which batches are durable.
 //!
 //! Also here: restoring the state a journal describes, and the snapshot a compaction
 //! writes.

@@ -6,9 +6,9 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`session`] | the per-connection state machine (phase, gate, liveness) |
+//! | `session` | the per-connection state machine (phase, gate, liveness) |
 //! | `dispatch` | parsing a frame, flood control, and the one match on (phase, request) |
-//! | [`outbox`] | output queues, the dirty list, replies held for the journal, the slow-reader limit |
+//! | `outbox` | output queues, the dirty list, replies held for the journal, the slow-reader limit |
 //! | `directory` | who exists, who is online and where (ghosts too) |
 //! | `login` | the handshake, `USER`/`PASS`/`LOGIN`, lockouts, hash verification |
 //! | `messaging` | direct messages, mailboxes, the in-flight window and acks, broadcast |
@@ -19,33 +19,12 @@
 //! | `durability` | the [`Store`] seam: journal batches, restore, snapshot |
 //! | `stats` | counters |
 //!
-//! # The boundary
-//!
-//! What comes in is a `handle_*` call, what goes out is a `poll_*` call (quinn-proto's
-//! shape). The event loop calls them in this order every iteration:
-//!
-//! 1. [`Core::handle_accept`] for each new connection, [`Core::handle_read`] with the
-//!    bytes read from a connection (only while [`Core::wants_read`]), and
-//!    [`Core::handle_closed`] when a socket reports end of stream or an error;
-//!    [`Core::handle_writable`] when a socket can take more output;
-//!    [`Core::handle_verdict`] for each password verdict, [`Core::handle_reload`] and
-//!    [`Core::handle_shutdown`] for signals;
-//! 2. [`Core::handle_timeout`] with the current time (due timers fire);
-//! 3. [`Core::poll_verify`] (jobs for the idle verifier threads) and
-//!    [`Core::poll_resumed`] (connections to read again);
-//! 4. [`Core::poll_batch`] (the journal batch of this iteration; hand it to the writer,
-//!    which numbers batches 1, 2, 3 ...) and [`Core::handle_durable`] (batches up to
-//!    a number are stored; releases held replies), [`Core::handle_store_health`];
-//! 5. [`Core::poll_transmit`]: every connection with output, once;
-//! 6. [`Core::poll_closed`]: connections to deregister and drop;
-//! 7. [`Core::poll_timeout`]: when to call [`Core::handle_timeout`] next.
-//!
-//! Time is always passed in, so tests drive the core with a fake clock and no sockets
-//! ([`Core::settle_without_io`] does steps 2-6 for a driver that has no sockets).
+//! The boundary between the loop and the core, and the order of calls, is documented
+//! on [`Core`].
 //!
 //! Invariants:
 //! - every request line gets exactly one reply (responses `PONG`/`ACK` get none);
-//! - a session is closed through [`Core::close`] only, which is idempotent: it cancels
+//! - a session is closed through `Core::close` only, which is idempotent: it cancels
 //!   the session's timers, logs its user out (presence, history, unacknowledged
 //!   messages back to the mailbox) and lists it for the loop to sweep;
 //! - a direct message is either in its recipient's mailbox or in the recipient
@@ -187,7 +166,33 @@ pub enum CloseReason {
     Removed,
 }
 
-/// The chat core (see the module documentation for its boundary and call order).
+/// The chat core: a coordinator over the concerns' state (see the module
+/// documentation for the map).
+///
+/// # The boundary
+///
+/// What comes in is a `handle_*` call, what goes out is a `poll_*` call (quinn-proto's
+/// shape). The event loop calls them in this order every iteration:
+///
+/// 1. [`Core::handle_accept`] for each new connection, [`Core::handle_read`] with the
+///    bytes read from a connection (only while [`Core::wants_read`]), and
+///    [`Core::handle_closed`] when a socket reports end of stream or an error;
+///    [`Core::handle_writable`] when a socket can take more output;
+///    [`Core::handle_verdict`] for each password verdict, [`Core::handle_reload`] and
+///    [`Core::handle_shutdown`] for signals;
+/// 2. [`Core::handle_timeout`] with the current time (due timers fire);
+/// 3. [`Core::poll_verify`] (jobs for the idle verifier threads) and
+///    [`Core::poll_resumed`] (connections to read again);
+/// 4. [`Core::poll_batch`] (the journal batch of this iteration; hand it to the writer,
+///    which numbers batches 1, 2, 3 ...) and [`Core::handle_durable`] (batches up to
+///    a number are stored; releases held replies), [`Core::handle_store_health`];
+/// 5. [`Core::poll_transmit`]: every connection with output, once;
+/// 6. [`Core::poll_closed`]: connections to deregister and drop;
+/// 7. [`Core::poll_timeout`]: when to call [`Core::handle_timeout`] next.
+///
+/// Time is always passed in, so tests drive the core with a fake clock and no sockets
+/// ([`Core::settle_without_io`] does steps 2-6 for a driver that has no sockets).
+///
 pub struct Core {
     cfg: CoreConfig,
     sessions: Slab<Session>,
