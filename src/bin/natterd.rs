@@ -23,6 +23,7 @@ fn release_memory() {
 }
 use natter::server::event_loop::{Limits, StoreConfig};
 use natter::server::store::FsyncPolicy;
+use natter::server::tls::CertSource;
 use natter::server::{self, Config, CoreConfig, LockoutScope};
 use natter::units::{parse_duration, parse_size};
 
@@ -79,6 +80,21 @@ struct Args {
     /// Where offline messages, block lists, login history and lockouts are kept.
     #[arg(long, default_value = "natter-data")]
     data_dir: PathBuf,
+    /// TLS certificate chain (PEM; re-read on SIGHUP). Without it natterd makes a
+    /// self-signed one in the data directory.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Accept plain-text (unencrypted) logins from any address; by default only from
+    /// loopback, everyone else must use TLS.
+    #[arg(long)]
+    allow_plaintext: bool,
+    /// Treat this loopback address as remote for the plain-text rule (for testing on a
+    /// single machine). May be repeated.
+    #[arg(long, value_name = "IP")]
+    treat_as_remote: Vec<IpAddr>,
     /// Keep everything in memory only (a restart forgets it all).
     #[arg(long, conflicts_with = "data_dir")]
     in_memory: bool,
@@ -304,7 +320,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ if args.in_memory => CertSource::Ephemeral,
+        _ => CertSource::Generated {
+            dir: args.data_dir.clone(),
+        },
+    };
+    if let CertSource::Generated { dir } = &tls
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("natterd: {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
     let cfg = Config {
+        tls,
+        allow_plaintext: args.allow_plaintext,
+        treat_as_remote: args.treat_as_remote.clone(),
         addr: SocketAddr::new(args.bind, args.port),
         max_connections,
         on_idle: Some(release_memory),
@@ -340,8 +375,11 @@ fn main() -> ExitCode {
         },
     };
     let accounts = credentials.len();
-    let result = server::run(cfg, credentials, |addr| {
+    let result = server::run(cfg, credentials, |addr, fingerprint| {
         println!("natterd listening on {addr}");
+        // Next to the listening line, on stderr (stdout's line is the contract's):
+        // what TLS clients will be shown, for them to check or pin.
+        eprintln!("natterd: TLS certificate fingerprint {fingerprint}");
         log::info!("{accounts} accounts, up to {max_connections} connections");
     });
     match result {

@@ -505,6 +505,8 @@ pub enum ByeReason {
     TooManyConnections,
     /// Too many new connections from the client's address in the last minute.
     ConnectingTooFast,
+    /// Plain text from a non-local address: this server requires TLS.
+    TlsRequired,
 }
 
 impl ByeReason {
@@ -518,6 +520,7 @@ impl ByeReason {
             ByeReason::Removed => "removed",
             ByeReason::TooManyConnections => "too-many-connections",
             ByeReason::ConnectingTooFast => "connecting-too-fast",
+            ByeReason::TlsRequired => "tls-required",
         }
     }
 }

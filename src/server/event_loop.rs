@@ -30,7 +30,7 @@
 //! gracefully (everyone told, state flushed), SIGUSR1 logs the counters.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +47,7 @@ use super::core::durability::{InMemory, JournalStore, Store};
 use super::core::{CloseReason, Core, CoreConfig};
 use super::flood::{Rate, TokenBucket};
 use super::store::{DataDir, FsyncPolicy, Journal, StoreError};
+use super::tls::{self, CertSource, Identity};
 use super::verifier::Verifier;
 use crate::net::{Step, read_step, sync_write_interest, write_until_blocked};
 use crate::protocol::frames::{ByeReason, Push};
@@ -57,6 +58,36 @@ struct Conn {
     peer: SocketAddr,
     /// Whether write interest is registered (changed only when it must).
     write_interest: bool,
+    transport: Transport,
+}
+
+/// What a connection speaks, decided from its first byte before any protocol byte is
+/// read (so there is no STARTTLS to downgrade): a TLS handshake record (0x16) makes it
+/// TLS, anything else the plain protocol.
+enum Transport {
+    Unknown,
+    Plain,
+    Tls(Box<rustls::ServerConnection>),
+}
+
+/// First byte of a TLS handshake record.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Plain-text bytes (and TLS records) a TLS session may buffer for writing: the core's
+/// output queue, not rustls, is where a slow reader's backlog is bounded.
+const TLS_BUFFER: usize = 64 * 1024;
+
+/// Writes what rustls has ready; `Ok` also when the socket is full.
+fn write_tls(tls: &mut rustls::ServerConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 const LISTENER: Token = Token(usize::MAX);
@@ -98,6 +129,13 @@ pub struct Config {
     pub verify_threads: usize,
     /// Log the counters this often (`None`: only on SIGUSR1).
     pub stats_interval: Option<Duration>,
+    /// The TLS certificate: given, generated in the data directory, or ephemeral.
+    pub tls: CertSource,
+    /// Accept plain-text connections from any address (by default only from loopback).
+    pub allow_plaintext: bool,
+    /// Loopback addresses to treat as remote for the plain-text rule (for tests that
+    /// have no second host).
+    pub treat_as_remote: Vec<IpAddr>,
 }
 
 /// Per-address connection limits (0 disables one).
@@ -148,6 +186,8 @@ pub enum RunError {
     Poll(io::Error),
     /// The store could not be opened.
     Store(StoreError),
+    /// The TLS certificate could not be loaded or made.
+    Tls(String),
 }
 
 impl std::fmt::Display for RunError {
@@ -156,6 +196,7 @@ impl std::fmt::Display for RunError {
             RunError::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
             RunError::Poll(e) => write!(f, "event loop failed: {e}"),
             RunError::Store(e) => write!(f, "cannot open the store: {e}"),
+            RunError::Tls(e) => write!(f, "cannot set up TLS: {e}"),
         }
     }
 }
@@ -195,6 +236,10 @@ pub struct Server {
     /// Connections refused by `--max-per-ip` and `--max-new-per-ip`.
     per_ip_refused: u64,
     rate_refused: u64,
+    tls: Identity,
+    tls_source: CertSource,
+    allow_plaintext: bool,
+    treat_as_remote: Vec<IpAddr>,
 }
 
 impl Server {
@@ -229,6 +274,7 @@ impl Server {
                 Some(sig)
             }
         };
+        let tls = tls::load(&cfg.tls).map_err(RunError::Tls)?;
         let store: Box<dyn Store> = match &cfg.store.dir {
             None => Box::new(InMemory),
             Some(_) => Box::new(JournalStore::default()),
@@ -277,12 +323,21 @@ impl Server {
             stopping: false,
             per_ip_refused: 0,
             rate_refused: 0,
+            tls,
+            tls_source: cfg.tls,
+            allow_plaintext: cfg.allow_plaintext,
+            treat_as_remote: cfg.treat_as_remote,
         })
     }
 
     /// The address the server listens on (with the port it got, for port 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The SHA-256 fingerprint of the certificate TLS clients are shown.
+    pub fn tls_fingerprint(&self) -> &str {
+        &self.tls.fingerprint
     }
 
     /// Runs until SIGTERM/SIGINT (then shuts down gracefully and returns `Ok`) or until
@@ -422,6 +477,73 @@ impl Server {
     }
 
     fn read(&mut self, key: usize, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if matches!(c.transport, Transport::Unknown) && !self.sniff(key, now) {
+            return;
+        }
+        match self.conns.get(key).map(|c| matches!(c.transport, Transport::Tls(_))) {
+            Some(true) => self.read_tls(key, now),
+            Some(false) => self.read_plain(key, now),
+            None => {}
+        }
+    }
+
+    /// Decides from the first byte whether connection `key` is TLS; false if that is not
+    /// known yet or the connection is refused (plain text from a remote address).
+    fn sniff(&mut self, key: usize, now: Instant) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let mut first = [0u8; 1];
+        match c.stream.peek(&mut first) {
+            Ok(0) => {
+                self.core.handle_closed(key, CloseReason::Eof, now);
+                false
+            }
+            Ok(_) if first[0] == TLS_HANDSHAKE => {
+                match rustls::ServerConnection::new(self.tls.config.clone()) {
+                    Ok(mut tls) => {
+                        tls.set_buffer_limit(Some(TLS_BUFFER));
+                        c.transport = Transport::Tls(Box::new(tls));
+                        true
+                    }
+                    Err(e) => {
+                        warn!("conn {key}: TLS set-up failed: {e}");
+                        self.core.handle_closed(key, CloseReason::IoError, now);
+                        false
+                    }
+                }
+            }
+            Ok(_) => {
+                let ip = c.peer.ip();
+                let local = ip.is_loopback() && !self.treat_as_remote.contains(&ip);
+                if local || self.allow_plaintext {
+                    c.transport = Transport::Plain;
+                    return true;
+                }
+                // Secure by default: passwords do not cross a network in clear text.
+                info!("conn {key}: plain text from {ip} refused (TLS required)");
+                let mut line = Vec::new();
+                Push::Bye {
+                    reason: ByeReason::TlsRequired.as_str(),
+                }
+                .encode(&mut line);
+                let _ = c.stream.write(&line);
+                self.core.handle_closed(key, CloseReason::LoginFailed, now);
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                debug!("conn {key}: read error: {e}");
+                self.core.handle_closed(key, CloseReason::IoError, now);
+                false
+            }
+        }
+    }
+
+    fn read_plain(&mut self, key: usize, now: Instant) {
         let mut budget = READ_BUDGET;
         // A paused session is not read: its input waits in the kernel (flow control
         // by TCP) until the core resumes it.
@@ -434,10 +556,7 @@ impl Server {
                     self.core.handle_read(key, &self.scratch[..n], now);
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
-                        if let Some(serial) = self.core.serial(key) {
-                            self.read_backlog.push((key, serial));
-                        }
-                        return;
+                        return self.read_later(key);
                     }
                 }
                 Step::WouldBlock => return,
@@ -445,6 +564,82 @@ impl Server {
                 Step::Failed(e) => {
                     debug!("conn {key}: read error: {e}");
                     return self.core.handle_closed(key, CloseReason::IoError, now);
+                }
+            }
+        }
+    }
+
+    /// The read budget ran out: read `key` again next iteration without waiting.
+    fn read_later(&mut self, key: usize) {
+        if let Some(serial) = self.core.serial(key) {
+            self.read_backlog.push((key, serial));
+        }
+    }
+
+    /// Reads TLS records and hands the plain text to the core. Plain text rustls
+    /// already decrypted is handed over first (a paused connection resumes with it).
+    fn read_tls(&mut self, key: usize, now: Instant) {
+        let mut budget = READ_BUDGET;
+        let Server {
+            conns,
+            core,
+            scratch,
+            ..
+        } = self;
+        loop {
+            let Some(Conn {
+                stream,
+                transport: Transport::Tls(tls),
+                ..
+            }) = conns.get_mut(key)
+            else {
+                return;
+            };
+            // Decrypted plain text first, while the core takes input.
+            while core.wants_read(key) {
+                match tls.reader().read(scratch) {
+                    Ok(0) => return core.handle_closed(key, CloseReason::Eof, now),
+                    Ok(n) => {
+                        core.handle_read(key, &scratch[..n], now);
+                        budget = budget.saturating_sub(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        debug!("conn {key}: TLS read error: {e}");
+                        return core.handle_closed(key, CloseReason::IoError, now);
+                    }
+                }
+                if budget == 0 {
+                    break;
+                }
+            }
+            if tls.wants_write() {
+                // A handshake message (or an alert) to send: the flush does it.
+                core.handle_writable(key);
+            }
+            if !core.wants_read(key) {
+                return;
+            }
+            if budget == 0 {
+                if let Some(serial) = core.serial(key) {
+                    self.read_backlog.push((key, serial));
+                }
+                return;
+            }
+            match tls.read_tls(stream) {
+                Ok(0) => return core.handle_closed(key, CloseReason::Eof, now),
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        debug!("conn {key}: TLS error: {e}");
+                        let _ = write_tls(tls, stream);
+                        return core.handle_closed(key, CloseReason::IoError, now);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("conn {key}: read error: {e}");
+                    return core.handle_closed(key, CloseReason::IoError, now);
                 }
             }
         }
@@ -460,12 +655,26 @@ impl Server {
                 let Some(c) = conns.get_mut(key) else {
                     return Ok(bytes.len());
                 };
-                let n = if bytes.is_empty() {
-                    0
-                } else {
-                    write_until_blocked(&mut c.stream, bytes)?
+                let (n, want) = match &mut c.transport {
+                    Transport::Tls(tls) => {
+                        // Encrypted into rustls's buffer (bounded), then written.
+                        let n = if bytes.is_empty() {
+                            0
+                        } else {
+                            tls.writer().write(bytes)?
+                        };
+                        write_tls(tls, &mut c.stream)?;
+                        (n, tls.wants_write() || n < bytes.len())
+                    }
+                    _ => {
+                        let n = if bytes.is_empty() {
+                            0
+                        } else {
+                            write_until_blocked(&mut c.stream, bytes)?
+                        };
+                        (n, n < bytes.len())
+                    }
                 };
-                let want = n < bytes.len();
                 sync_write_interest(
                     registry,
                     &mut c.stream,
@@ -484,6 +693,11 @@ impl Server {
     fn sweep(&mut self) {
         while let Some(key) = self.core.poll_closed() {
             if let Some(mut c) = self.conns.try_remove(key) {
+                if let Transport::Tls(tls) = &mut c.transport {
+                    // A clean TLS close, best effort (the socket may be full or gone).
+                    tls.send_close_notify();
+                    let _ = write_tls(tls, &mut c.stream);
+                }
                 if let Some(e) = self.per_ip.get_mut(&c.peer.ip()) {
                     e.conns = e.conns.saturating_sub(1);
                 }
@@ -582,6 +796,17 @@ impl Server {
 
     /// Re-reads the credentials file; a broken file changes nothing.
     fn reload(&mut self, now: Instant) {
+        // Renewed certificate files take effect for new connections; a broken pair
+        // keeps the old one.
+        if let CertSource::Files { .. } = &self.tls_source {
+            match tls::load(&self.tls_source) {
+                Ok(identity) => {
+                    warn!("reloaded the TLS certificate: {}", identity.fingerprint);
+                    self.tls = identity;
+                }
+                Err(e) => error!("TLS certificate reload failed, keeping the current one: {e}"),
+            }
+        }
         let Some(path) = &self.credentials_path else {
             return;
         };
@@ -664,6 +889,7 @@ impl Server {
                         stream,
                         peer,
                         write_interest: false,
+                        transport: Transport::Unknown,
                     });
                     if let Some(e) = self.per_ip.get_mut(&peer.ip()) {
                         e.conns += 1;
@@ -687,14 +913,15 @@ impl Server {
     }
 }
 
-/// Binds and runs; `on_listening` gets the bound address (the binary prints it).
+/// Binds and runs; `on_listening` gets the bound address and the TLS certificate's
+/// fingerprint (the binary prints them).
 pub fn run(
     cfg: Config,
     credentials: Vec<Credential>,
-    on_listening: impl FnOnce(SocketAddr),
+    on_listening: impl FnOnce(SocketAddr, &str),
 ) -> Result<(), RunError> {
     let server = Server::bind(cfg, credentials)?;
     let addr = server.local_addr().map_err(RunError::Poll)?;
-    on_listening(addr);
+    on_listening(addr, server.tls_fingerprint());
     server.run()
 }

@@ -6,6 +6,7 @@
 //! - [`core`]: the chat rules, fed bytes and time, socket-free, split by concern;
 //! - [`store`]: the journal that makes mailboxes, blocks, history and lockouts durable;
 //! - `mailbox`: one user's offline messages and their caps;
+//! - [`tls`]: the certificate natterd presents (given or self-signed);
 //! - [`timer`]: the hashed timer wheel behind every deadline;
 //! - [`accounts`]: loading `credentials.txt`, password hashes;
 //! - `flood`: the token bucket behind every rate limit;
@@ -19,6 +20,7 @@ pub(crate) mod flood;
 mod mailbox;
 pub mod store;
 pub mod timer;
+pub mod tls;
 pub(crate) mod verifier;
 mod verify_queue;
 
