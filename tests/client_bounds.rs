@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use common::{FakeServer, PromptCli, Raw, Server, wait_until};
 
 fn client(fake: &FakeServer, extra: &[&str]) -> PromptCli {
-    let mut args = vec!["--quiet", "--user", "hans"];
+    // The scripted server speaks plain text.
+    let mut args = vec!["--quiet", "--plaintext", "--user", "hans"];
     args.extend_from_slice(extra);
     PromptCli::start(fake.addr(), &args, Some("pw"))
 }

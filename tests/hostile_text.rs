@@ -99,7 +99,11 @@ fn hostile_session(fake: &FakeServer, mut client_line: impl FnMut(&str), peer_ty
 #[test]
 fn every_path_is_escaped_on_a_pipe() {
     let fake = FakeServer::bind();
-    let mut c = PromptCli::start(fake.addr(), &["--quiet", "--user", "hans"], Some("pw"));
+    let mut c = PromptCli::start(
+        fake.addr(),
+        &["--quiet", "--plaintext", "--user", "hans"],
+        Some("pw"),
+    );
     let cell = std::cell::RefCell::new(&mut c);
     hostile_session(
         &fake,
@@ -142,7 +146,8 @@ impl vt100::Callbacks for Effects {
 #[test]
 fn every_path_is_escaped_on_a_terminal() {
     let fake = FakeServer::bind();
-    let mut t = Pty::spawn_with_password(fake.addr(), &["--user", "hans"], Some("pw"));
+    let mut t =
+        Pty::spawn_with_password(fake.addr(), &["--plaintext", "--user", "hans"], Some("pw"));
     let pty = std::cell::RefCell::new(&mut t);
     hostile_session(
         &fake,

@@ -30,6 +30,13 @@ struct Args {
     /// How long connecting and the server's handshake may take (seconds or a span: `10s`).
     #[arg(long, default_value = "10s", value_parser = natter::units::parse_duration)]
     connect_timeout: std::time::Duration,
+    /// Speak plain text to the server instead of TLS (an old server, a loopback test).
+    #[arg(long)]
+    plaintext: bool,
+    /// Trust only the server certificate with this SHA-256 fingerprint
+    /// (`SHA256:ab:cd:...`, as natterd prints it).
+    #[arg(long, value_name = "FINGERPRINT", conflicts_with = "plaintext")]
+    trust_fingerprint: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +51,8 @@ fn main() -> ExitCode {
         password: std::env::var("NATTER_PASSWORD").ok(),
         quiet: args.quiet,
         connect_timeout: args.connect_timeout,
+        plaintext: args.plaintext,
+        trust_fingerprint: args.trust_fingerprint,
     };
     match client::run(cfg) {
         Ok(code) => ExitCode::from(code),

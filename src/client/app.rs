@@ -29,6 +29,7 @@ use super::peers::{PEER_BASE, Peers};
 use super::render as r;
 use super::screen::Screen;
 use super::terminal::{self, RawMode};
+use super::trust::{self, Verdict};
 use crate::protocol::frames;
 use crate::protocol::{Flow, Frame, LineDecoder};
 
@@ -56,6 +57,10 @@ pub struct ClientConfig {
     pub quiet: bool,
     /// How long connecting and the server's answer to the handshake may take.
     pub connect_timeout: Duration,
+    /// Speak plain text to the server instead of TLS (an old server, loopback tests).
+    pub plaintext: bool,
+    /// Accept only this certificate fingerprint (`SHA256:ab:cd:...`).
+    pub trust_fingerprint: Option<String>,
 }
 
 /// Why the client could not start.
@@ -114,6 +119,8 @@ struct App {
     server_again: bool,
     exit: Option<u8>,
     buf: Box<[u8]>,
+    /// What the TLS verifier decided, until it is reported.
+    trust: Option<std::sync::Arc<std::sync::Mutex<Option<Verdict>>>>,
 }
 
 /// Connects, runs the session to its end, and returns the exit code.
@@ -169,6 +176,14 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
     };
     let interactive = interactive && _raw.is_some();
 
+    let mut server = Link::new(stream);
+    let mut trust = None;
+    if !cfg.plaintext {
+        let (tls, verdict) = trust::connect(cfg.server, cfg.trust_fingerprint.clone())
+            .map_err(|e| ClientError::Setup(io::Error::other(e)))?;
+        server = server.with_tls(tls);
+        trust = Some(verdict);
+    }
     let mut app = App {
         poll,
         conv: Conversation::new(cfg.user, cfg.password, peer_port),
@@ -181,7 +196,7 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
             editor: Editor::default(),
             queue: VecDeque::new(),
         },
-        server: Link::new(stream),
+        server,
         peers: Peers::new(listener),
         server_rx: Instant::now(),
         connect_timeout: cfg.connect_timeout,
@@ -189,6 +204,7 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
         server_again: false,
         exit: None,
         buf: vec![0u8; 64 * 1024].into_boxed_slice(),
+        trust,
     };
     Ok(app.run(&mut signals))
 }
@@ -414,9 +430,54 @@ impl App {
 
     // ---- server -------------------------------------------------------------------
 
+    /// Reports the TLS verifier's verdict once: a notice for a certificate trusted on
+    /// first use; for a changed one, a loud refusal (the handshake already failed).
+    /// Returns false if the connection must not go on.
+    fn check_trust(&mut self) -> bool {
+        let Some(slot) = &self.trust else {
+            return true;
+        };
+        let verdict = slot.lock().ok().and_then(|mut v| v.take());
+        let Some(verdict) = verdict else {
+            return true;
+        };
+        self.trust = None;
+        let server = self
+            .server
+            .stream
+            .peer_addr()
+            .map_or_else(|_| "the server".to_string(), |a| a.to_string());
+        let file = trust::known_servers_path()
+            .map_or_else(|| "known_servers".into(), |p| p.display().to_string());
+        match verdict {
+            Verdict::Trusted => true,
+            Verdict::FirstUse { fingerprint } => {
+                eprintln!(
+                    "natter: first connection to {server}: trusting its certificate {fingerprint} from now on (saved in {file})"
+                );
+                true
+            }
+            Verdict::Changed { known, presented } => {
+                eprintln!(
+                    "natter: WARNING: THE CERTIFICATE OF {server} HAS CHANGED\n\
+                     natter:   expected  {known}\n\
+                     natter:   presented {presented}\n\
+                     natter: Someone may be intercepting the connection, or the server's certificate was replaced.\n\
+                     natter: Refusing to connect. If the change is expected, remove the line for {server} from {file}\n\
+                     natter: (or pass --trust-fingerprint with the new fingerprint)."
+                );
+                self.exit = Some(2);
+                false
+            }
+        }
+    }
+
     fn read_server(&mut self) {
         let mut more = false;
         let (lines, closed) = self.server.read_lines(&mut self.buf, &mut more);
+        if !self.check_trust() {
+            return;
+        }
         self.server_again |= more;
         if !lines.is_empty() {
             self.server_rx = Instant::now();

@@ -15,7 +15,13 @@ pub(crate) struct Link {
     pub stream: TcpStream,
     decoder: LineDecoder,
     pub out: OutBuf,
+    /// The TLS session, when the link is encrypted (the server link by default).
+    tls: Option<Box<rustls::ClientConnection>>,
 }
+
+/// Plain text a TLS session may buffer for writing; the rest waits in `out`, where
+/// the client's own bound applies.
+const TLS_BUFFER: usize = 64 * 1024;
 
 impl Link {
     pub(super) fn new(stream: TcpStream) -> Link {
@@ -23,7 +29,31 @@ impl Link {
             stream,
             decoder: LineDecoder::default(),
             out: OutBuf::default(),
+            tls: None,
         }
+    }
+
+    /// Encrypts the link with `tls` (before anything is written).
+    pub(super) fn with_tls(mut self, mut tls: rustls::ClientConnection) -> Link {
+        tls.set_buffer_limit(Some(TLS_BUFFER));
+        self.tls = Some(Box::new(tls));
+        self
+    }
+
+    /// Writes what rustls has ready; `Ok` also when the socket is full.
+    fn write_tls(&mut self) -> io::Result<()> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        while tls.wants_write() {
+            match tls.write_tls(&mut self.stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn send_bytes(&mut self, bytes: &[u8]) {
@@ -38,6 +68,13 @@ impl Link {
 
     /// Writes what the socket takes now; Err means the link is dead.
     pub(super) fn flush(&mut self) -> io::Result<()> {
+        if let Some(tls) = &mut self.tls {
+            if !self.out.is_empty() {
+                let n = io::Write::write(&mut tls.writer(), self.out.pending())?;
+                self.out.consume(n);
+            }
+            return self.write_tls();
+        }
         if !self.out.is_empty() {
             let n = write_until_blocked(&mut self.stream, self.out.pending())?;
             self.out.consume(n);
@@ -50,6 +87,9 @@ impl Link {
     /// socket did: the caller must come back (readiness is edge-triggered), and a
     /// peer that sends without pause cannot make us hold more than a budget's lines.
     pub(super) fn read_lines(&mut self, buf: &mut [u8], more: &mut bool) -> (Vec<String>, bool) {
+        if self.tls.is_some() {
+            return self.read_tls_lines(buf, more);
+        }
         let mut lines = Vec::new();
         let mut budget = READ_BUDGET;
         loop {
@@ -74,5 +114,72 @@ impl Link {
                 Step::Closed | Step::Failed(_) => return (lines, true),
             }
         }
+    }
+
+    /// `read_lines` through TLS: records in, plain text out, lines decoded.
+    fn read_tls_lines(&mut self, buf: &mut [u8], more: &mut bool) -> (Vec<String>, bool) {
+        let mut lines = Vec::new();
+        let mut budget = READ_BUDGET;
+        let Some(tls) = &mut self.tls else {
+            return (lines, true);
+        };
+        let decoder = &mut self.decoder;
+        let mut closed = false;
+        loop {
+            // Decrypted plain text first.
+            loop {
+                match io::Read::read(&mut tls.reader(), buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        budget = budget.saturating_sub(n);
+                        decoder.feed(&buf[..n], frames::MAX_LINE, |f| {
+                            lines.push(match f {
+                                Frame::Line(l) => l.to_string(),
+                                Frame::TooLong | Frame::BadUtf8 => "\u{0}".to_string(),
+                            });
+                            Flow::Continue
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if closed {
+                break;
+            }
+            if budget == 0 {
+                *more = true;
+                break;
+            }
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(_) => {
+                    if tls.process_new_packets().is_err() {
+                        // Send the alert saying why, then give up.
+                        let _ = tls.write_tls(&mut self.stream);
+                        closed = true;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        // Handshake messages to answer go out now.
+        let _ = self.write_tls();
+        (lines, closed)
     }
 }

@@ -11,6 +11,7 @@
 //! - `command`: parsing what the user typed;
 //! - `render`: every string the user sees, and `visible` (network text made safe);
 //! - `editor`: the line editor used on a terminal;
+//! - `trust`: TLS to natterd: system roots, trust on first use, pinned fingerprints;
 //! - [`terminal`]: terminal modes, restored on every exit path.
 
 mod app;
@@ -22,5 +23,6 @@ mod peers;
 mod render;
 mod screen;
 pub mod terminal;
+mod trust;
 
 pub use app::{ClientConfig, ClientError, run};

@@ -483,7 +483,11 @@ impl Server {
         if matches!(c.transport, Transport::Unknown) && !self.sniff(key, now) {
             return;
         }
-        match self.conns.get(key).map(|c| matches!(c.transport, Transport::Tls(_))) {
+        match self
+            .conns
+            .get(key)
+            .map(|c| matches!(c.transport, Transport::Tls(_)))
+        {
             Some(true) => self.read_tls(key, now),
             Some(false) => self.read_plain(key, now),
             None => {}

@@ -65,8 +65,7 @@ pub fn load(source: &CertSource) -> Result<Identity, String> {
             if !cert.exists() || !key.exists() {
                 let (cert_pem, key_pem) = generate()?;
                 write_private(&key, key_pem.as_bytes())?;
-                std::fs::write(&cert, cert_pem)
-                    .map_err(|e| format!("{}: {e}", cert.display()))?;
+                std::fs::write(&cert, cert_pem).map_err(|e| format!("{}: {e}", cert.display()))?;
             }
             read_pair(&cert, &key)?
         }

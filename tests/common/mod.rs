@@ -384,7 +384,10 @@ pub fn natter_command(addr: SocketAddr, args: &[&str], password_env: Option<&str
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_natter"));
     cmd.arg(addr.ip().to_string())
         .arg(addr.port().to_string())
-        .args(args);
+        .args(args)
+        // Each client trusts on first use in a config directory of its own: test
+        // servers come and go on reused ports with fresh certificates.
+        .env("XDG_CONFIG_HOME", scratch_dir());
     match password_env {
         Some(p) => cmd.env("NATTER_PASSWORD", p),
         None => cmd.env_remove("NATTER_PASSWORD"),
