@@ -120,7 +120,7 @@ struct App {
     exit: Option<u8>,
     buf: Box<[u8]>,
     /// What the TLS verifier decided, until it is reported.
-    trust: Option<std::sync::Arc<std::sync::Mutex<Option<Verdict>>>>,
+    trust: Option<trust::VerdictSlot>,
 }
 
 /// Connects, runs the session to its end, and returns the exit code.

@@ -29,6 +29,9 @@ pub(crate) enum Verdict {
     Changed { known: String, presented: String },
 }
 
+/// Where the verifier leaves its verdict for the client to report.
+pub(crate) type VerdictSlot = Arc<Mutex<Option<Verdict>>>;
+
 /// Where known fingerprints are kept: `$XDG_CONFIG_HOME/natter/known_servers`, or
 /// `~/.config/natter/known_servers`.
 pub(crate) fn known_servers_path() -> Option<PathBuf> {
@@ -67,7 +70,7 @@ struct Verifier {
     pinned: Option<String>,
     known_servers: Option<PathBuf>,
     server: String,
-    verdict: Arc<Mutex<Option<Verdict>>>,
+    verdict: VerdictSlot,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -183,7 +186,7 @@ impl ServerCertVerifier for Verifier {
 pub(crate) fn connect(
     server: SocketAddr,
     pinned: Option<String>,
-) -> Result<(rustls::ClientConnection, Arc<Mutex<Option<Verdict>>>), String> {
+) -> Result<(rustls::ClientConnection, VerdictSlot), String> {
     let provider = provider();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
