@@ -62,11 +62,14 @@ proptest! {
     fn requests_round_trip(
         user in word(), password in word(), msg in text(), port in proptest::option::of(1u16..),
         secs in 0u64..10_000_000, n in any::<u64>(), version in any::<u32>(),
+        key in "(SHA256:[0-9a-f:]{1,100})?",
     ) {
+        // A key is only sent with a port.
+        let peer_key = if port.is_some() { key.as_str() } else { "" };
         check_request(Request::Hello { version })?;
-        check_request(Request::Login { user: &user, password: &password, peer_port: port })?;
+        check_request(Request::Login { user: &user, password: &password, peer_port: port, peer_key })?;
         check_request(Request::User { user: &user })?;
-        check_request(Request::Pass { password: &password, peer_port: port })?;
+        check_request(Request::Pass { password: &password, peer_port: port, peer_key })?;
         check_request(Request::Msg { to: &user, text: &msg })?;
         check_request(Request::Bcast { text: &msg })?;
         check_request(Request::WhoElse)?;
@@ -86,7 +89,7 @@ proptest! {
         user in word(), other in word(), token in word(), msg in text(),
         names in proptest::collection::vec(word(), 0..8),
         ip in any::<u32>(), port in 1u16.., n in any::<u64>(), a in any::<u32>(), b in any::<u32>(),
-        code in 0..ErrorCode::ALL.len(),
+        code in 0..ErrorCode::ALL.len(), key in "(SHA256:[0-9a-f:]{1,100})?",
     ) {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port);
@@ -100,7 +103,7 @@ proptest! {
             Reply::Users(names.clone()),
             Reply::Blocked { user: &user },
             Reply::Unblocked { user: &user },
-            Reply::Peer { user: &user, addr, token: &token },
+            Reply::Peer { user: &user, addr, token: &token, key: &key },
             Reply::Ok,
             Reply::Pong { token: &token },
             Reply::Bye,
@@ -112,7 +115,7 @@ proptest! {
             Push::Msg { id: n, from: &user, text: &msg },
             Push::Bcast { from: &user, text: &msg },
             Push::Ping { seq: n },
-            Push::Expect { user: &user, token: &token },
+            Push::Expect { user: &user, token: &token, key: &key },
             Push::Timeout,
             Push::Bye { reason: &other },
         ];

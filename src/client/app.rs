@@ -25,6 +25,7 @@ use super::command::{self, COMMANDS};
 use super::conversation::{Conversation, Effect, Stage};
 use super::editor::{Action, Editor, Key};
 use super::link::Link;
+use super::peer_tls::PeerIdentity;
 use super::peers::{PEER_BASE, Peers};
 use super::render as r;
 use super::screen::Screen;
@@ -176,6 +177,18 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
     };
     let interactive = interactive && _raw.is_some();
 
+    // Our certificate for private sessions: made afresh, announced at login.
+    let identity = match PeerIdentity::generate() {
+        Ok(id) => Some(id),
+        Err(e) => {
+            log::warn!("no certificate for private sessions (plain text only): {e}");
+            None
+        }
+    };
+    let peer_key = identity
+        .as_ref()
+        .map(|id| id.fingerprint.clone())
+        .unwrap_or_default();
     let mut server = Link::new(stream);
     let mut trust = None;
     if !cfg.plaintext {
@@ -186,7 +199,7 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
     }
     let mut app = App {
         poll,
-        conv: Conversation::new(cfg.user, cfg.password, peer_port),
+        conv: Conversation::new(cfg.user, cfg.password, peer_port, peer_key),
         screen: Screen::new(interactive, cfg.quiet),
         input: Input {
             pollable: stdin_pollable,
@@ -197,7 +210,7 @@ pub fn run(cfg: ClientConfig) -> Result<u8, ClientError> {
             queue: VecDeque::new(),
         },
         server,
-        peers: Peers::new(listener),
+        peers: Peers::new(listener, identity),
         server_rx: Instant::now(),
         connect_timeout: cfg.connect_timeout,
         logout_deadline: None,
@@ -274,10 +287,15 @@ impl App {
                 Effect::Exit(code) => {
                     self.exit.get_or_insert(code);
                 }
-                Effect::ConnectPeer { user, addr, token } => {
-                    self.peers.connect(registry, user, addr, token, now)
+                Effect::ConnectPeer {
+                    user,
+                    addr,
+                    token,
+                    key,
+                } => self.peers.connect(registry, user, addr, token, &key, now),
+                Effect::Expect { user, token, key } => {
+                    self.peers.expect(registry, &user, &token, &key, now)
                 }
-                Effect::Expect { user, token } => self.peers.expect(registry, &user, &token, now),
                 Effect::Private { to, text } => self.peers.send_private(registry, &to, &text),
                 Effect::StopPrivate { user } => self.peers.stop_private(registry, &user),
             }

@@ -34,9 +34,17 @@ pub(crate) enum Effect {
         user: String,
         addr: SocketAddr,
         token: String,
+        /// The fingerprint of the certificate `user`'s client must present (empty: an
+        /// older client: plain text).
+        key: String,
     },
-    /// The server introduced `user`: accept their hello with `token`.
-    Expect { user: String, token: String },
+    /// The server introduced `user`: accept their hello with `token`, from a client
+    /// presenting the certificate `key` (empty: an older client, plain text).
+    Expect {
+        user: String,
+        token: String,
+        key: String,
+    },
     /// `private <to> <text>`: send over the private session.
     Private { to: String, text: String },
     /// `stopprivate <user>`: end the private session.
@@ -64,6 +72,8 @@ pub(crate) struct Conversation {
     legacy_login: bool,
     env_password: Option<String>,
     peer_port: Option<u16>,
+    /// The fingerprint of the certificate we present to peers (told at login).
+    peer_key: String,
     me: String,
     last_msg_id: u64,
     ack_due: Option<u64>,
@@ -86,6 +96,7 @@ impl Conversation {
         user: Option<String>,
         password: Option<String>,
         peer_port: Option<u16>,
+        peer_key: String,
     ) -> Self {
         let mut c = Conversation {
             stage: Stage::AskUser,
@@ -94,6 +105,7 @@ impl Conversation {
             legacy_login: false,
             env_password: password,
             peer_port,
+            peer_key,
             me: String::new(),
             last_msg_id: 0,
             ack_due: None,
@@ -246,19 +258,28 @@ impl Conversation {
             return self.show(r::INVALID_PASSWORD);
         }
         let peer_port = self.peer_port;
+        let key = std::mem::take(&mut self.peer_key);
+        let peer_key = if peer_port.is_some() {
+            key.as_str()
+        } else {
+            ""
+        };
         let req = if self.legacy_login {
             Request::Login {
                 user: &user,
                 password,
                 peer_port,
+                peer_key,
             }
         } else {
             Request::Pass {
                 password,
                 peer_port,
+                peer_key,
             }
         };
         self.request(req, Pending::Login);
+        self.peer_key = key;
         self.stage = Stage::LoggingIn(user);
     }
 
@@ -417,13 +438,17 @@ impl Conversation {
             }
             (Pending::Block, Reply::Blocked { user }) => self.show(r::blocked(user)),
             (Pending::Unblock, Reply::Unblocked { user }) => self.show(r::unblocked(user)),
-            (Pending::Private(user), Reply::Peer { addr, token, .. }) => {
-                self.effects.push(Effect::ConnectPeer {
-                    user,
-                    addr,
-                    token: token.to_string(),
-                })
-            }
+            (
+                Pending::Private(user),
+                Reply::Peer {
+                    addr, token, key, ..
+                },
+            ) => self.effects.push(Effect::ConnectPeer {
+                user,
+                addr,
+                token: token.to_string(),
+                key: key.to_string(),
+            }),
             (Pending::Logout, Reply::Bye) => self.exit(0),
             (Pending::Message, Reply::Sent { .. }) | (Pending::Active, Reply::Ok) => {}
             (p, Reply::Error { code, arg }) => self.show(r::error_line(&p, code, arg)),
@@ -513,9 +538,10 @@ impl Conversation {
                 }
             }
             Push::Ping { seq } => self.pong_due = Some(seq),
-            Push::Expect { user, token } => self.effects.push(Effect::Expect {
+            Push::Expect { user, token, key } => self.effects.push(Effect::Expect {
                 user: user.to_string(),
                 token: token.to_string(),
+                key: key.to_string(),
             }),
             Push::Timeout => {
                 self.show(r::TIMED_OUT);
@@ -535,7 +561,12 @@ mod tests {
 
     /// A conversation past the handshake, and what it said so far.
     fn started(user: Option<&str>, pw: Option<&str>) -> Conversation {
-        let mut c = Conversation::new(user.map(String::from), pw.map(String::from), Some(7777));
+        let mut c = Conversation::new(
+            user.map(String::from),
+            pw.map(String::from),
+            Some(7777),
+            String::new(),
+        );
         c.server_line("+HELLO 1 natterd/0.2.0 30");
         c
     }
@@ -667,7 +698,8 @@ mod tests {
             [Effect::ConnectPeer {
                 user: "yoda".into(),
                 addr: "127.0.0.1:5555".parse().unwrap(),
-                token: "tok".into()
+                token: "tok".into(),
+                key: String::new()
             }]
         );
         assert!(c.begin_logout());
@@ -712,7 +744,8 @@ mod tests {
             [
                 Effect::Expect {
                     user: "leia".into(),
-                    token: "t1".into()
+                    token: "t1".into(),
+                    key: String::new()
                 },
                 show(r::TIMED_OUT),
                 Effect::Exit(0)

@@ -15,8 +15,9 @@ pub(crate) struct Link {
     pub stream: TcpStream,
     decoder: LineDecoder,
     pub out: OutBuf,
-    /// The TLS session, when the link is encrypted (the server link by default).
-    tls: Option<Box<rustls::ClientConnection>>,
+    /// The TLS session, when the link is encrypted (the server link by default; a
+    /// private session when both peers have certificates).
+    tls: Option<Box<rustls::Connection>>,
 }
 
 /// Plain text a TLS session may buffer for writing; the rest waits in `out`, where
@@ -34,10 +35,32 @@ impl Link {
     }
 
     /// Encrypts the link with `tls` (before anything is written).
-    pub(super) fn with_tls(mut self, mut tls: rustls::ClientConnection) -> Link {
+    pub(super) fn with_tls(mut self, tls: impl Into<rustls::Connection>) -> Link {
+        self.start_tls(tls.into());
+        self
+    }
+
+    /// Encrypts the link from now on (an inbound peer that opened with a handshake).
+    pub(super) fn start_tls(&mut self, mut tls: rustls::Connection) {
         tls.set_buffer_limit(Some(TLS_BUFFER));
         self.tls = Some(Box::new(tls));
-        self
+    }
+
+    /// The fingerprint of the certificate the other end presented, once known.
+    pub(super) fn peer_fingerprint(&self) -> Option<String> {
+        let tls = self.tls.as_ref()?;
+        let cert = tls.peer_certificates()?.first()?;
+        Some(crate::server::tls::fingerprint(cert))
+    }
+
+    /// The first byte waiting on the socket, without taking it (`Ok(None)`: the other
+    /// end closed; `WouldBlock`: nothing yet).
+    pub(super) fn peek_first(&self) -> io::Result<Option<u8>> {
+        let mut b = [0u8; 1];
+        match self.stream.peek(&mut b)? {
+            0 => Ok(None),
+            _ => Ok(Some(b[0])),
+        }
     }
 
     /// Writes what rustls has ready; `Ok` also when the socket is full.

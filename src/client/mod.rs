@@ -19,6 +19,7 @@ mod command;
 mod conversation;
 mod editor;
 mod link;
+mod peer_tls;
 mod peers;
 mod render;
 mod screen;

@@ -11,6 +11,13 @@
 //! `TOKENS_PER_USER` tokens per introducing user, at most `PEER_MAX_QUEUED` bytes queued
 //! for a peer.
 //!
+//! Private sessions are mutually authenticated TLS when both clients announced a
+//! certificate at login (see `peer_tls`): the caller pins the callee's announced
+//! fingerprint, the callee checks the caller's certificate against its `*EXPECT` before
+//! it accepts the hello, and a plain-text hello for a user whose key was announced is
+//! refused (no downgrade). An inbound connection is TLS when its first byte opens a
+//! handshake record (0x16), as on natterd's port.
+//!
 //! Lines for the user are collected in `notes`; the app shows them.
 
 use std::collections::{HashMap, HashSet};
@@ -23,7 +30,9 @@ use mio::{Interest, Registry, Token};
 use slab::Slab;
 
 use super::link::Link;
+use super::peer_tls::PeerIdentity;
 use super::render as r;
+use super::trust::same;
 use crate::protocol::peer::{PeerFrame, parse_peer_line};
 
 /// Tokens of peer connections start here.
@@ -82,11 +91,16 @@ impl PeerState {
 struct Peer {
     link: Link,
     state: PeerState,
+    /// Whether we know if the link is TLS (outbound: from the start; inbound: once its
+    /// first byte has arrived).
+    sniffed: bool,
 }
 
 /// A peer the server told us to expect (`*EXPECT`), by token.
 struct Intro {
     user: String,
+    /// The fingerprint their certificate must have (empty: plain text allowed).
+    key: String,
     expires: Instant,
     seq: u64,
 }
@@ -111,10 +125,12 @@ pub(crate) struct Peers {
     /// Users a session was opened with (known names, for completion).
     pub met: Vec<String>,
     me: String,
+    /// Our certificate for private sessions (None: plain text only).
+    identity: Option<PeerIdentity>,
 }
 
 impl Peers {
-    pub(super) fn new(listener: Option<TcpListener>) -> Peers {
+    pub(super) fn new(listener: Option<TcpListener>, identity: Option<PeerIdentity>) -> Peers {
         Peers {
             listener,
             peers: Slab::new(),
@@ -127,6 +143,7 @@ impl Peers {
             notes: Vec::new(),
             met: Vec::new(),
             me: String::new(),
+            identity,
         }
     }
 
@@ -145,7 +162,14 @@ impl Peers {
     /// Remembers an introduction. Each introducing user keeps at most
     /// `TOKENS_PER_USER` tokens (its oldest goes first), so a user who asks for
     /// introductions in a loop only ever displaces its own.
-    pub(super) fn expect(&mut self, registry: &Registry, user: &str, token: &str, now: Instant) {
+    pub(super) fn expect(
+        &mut self,
+        registry: &Registry,
+        user: &str,
+        token: &str,
+        key: &str,
+        now: Instant,
+    ) {
         self.expected.retain(|_, i| i.expires > now);
         let oldest = |e: &HashMap<String, Intro>, only: Option<&str>| {
             e.iter()
@@ -167,6 +191,7 @@ impl Peers {
         self.intro_seq += 1;
         let intro = Intro {
             user: user.to_string(),
+            key: key.to_string(),
             expires: now + TOKEN_TTL,
             seq: self.intro_seq,
         };
@@ -220,6 +245,7 @@ impl Peers {
         registry: &Registry,
         mut stream: TcpStream,
         state: PeerState,
+        tls: Option<rustls::Connection>,
     ) -> Option<usize> {
         let _ = stream.set_nodelay(true);
         let key = self.peers.vacant_key();
@@ -230,9 +256,15 @@ impl Peers {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .ok()?;
+        let sniffed = !matches!(state, PeerState::AwaitHello { .. });
+        let mut link = Link::new(stream);
+        if let Some(tls) = tls {
+            link.start_tls(tls);
+        }
         Some(self.peers.insert(Peer {
-            link: Link::new(stream),
+            link,
             state,
+            sniffed,
         }))
     }
 
@@ -243,8 +275,17 @@ impl Peers {
         user: String,
         addr: SocketAddr,
         token: String,
+        key: &str,
         now: Instant,
     ) {
+        // A peer that announced a certificate is spoken to over TLS, pinned to it.
+        let tls = match (&self.identity, key) {
+            (Some(id), k) if !k.is_empty() => match id.connect(k) {
+                Ok(c) => Some(c.into()),
+                Err(_) => return self.notes.push(r::private_unreachable(&user)),
+            },
+            _ => None,
+        };
         let Ok(stream) = TcpStream::connect(addr) else {
             return self.notes.push(r::private_unreachable(&user));
         };
@@ -254,7 +295,7 @@ impl Peers {
             token,
             deadline,
         };
-        match self.add(registry, stream, state) {
+        match self.add(registry, stream, state, tls) {
             Some(key) => self.connecting = Some(key),
             None => self.notes.push(r::private_unreachable(&user)),
         }
@@ -288,7 +329,8 @@ impl Peers {
                     }
                     let deadline = now + PEER_HELLO_TIMEOUT;
                     let hello = None;
-                    let _ = self.add(registry, stream, PeerState::AwaitHello { deadline, hello });
+                    let state = PeerState::AwaitHello { deadline, hello };
+                    let _ = self.add(registry, stream, state, None);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -373,6 +415,9 @@ impl Peers {
                 _ => return self.lost(registry, key),
             }
         }
+        if !self.sniff(registry, key) {
+            return;
+        }
         let mut more = false;
         let (lines, closed) = match self.peers.get_mut(key) {
             Some(p) => p.link.read_lines(buf, &mut more),
@@ -390,6 +435,35 @@ impl Peers {
         if closed {
             self.lost(registry, key);
         }
+    }
+
+    /// An inbound connection's first byte decides whether it speaks TLS; false while
+    /// that is not known yet (or the connection went).
+    fn sniff(&mut self, registry: &Registry, key: usize) -> bool {
+        let Some(p) = self.peers.get_mut(key) else {
+            return false;
+        };
+        if p.sniffed {
+            return true;
+        }
+        match p.link.peek_first() {
+            Ok(Some(0x16)) => match self.identity.as_ref().map(PeerIdentity::accept) {
+                Some(Ok(tls)) => p.link.start_tls(tls.into()),
+                _ => {
+                    self.drop_peer(registry, key);
+                    return false;
+                }
+            },
+            Ok(Some(_)) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return false,
+            Ok(None) | Err(_) => {
+                self.drop_peer(registry, key);
+                return false;
+            }
+        }
+        p.sniffed = true;
+        true
     }
 
     fn line(&mut self, registry: &Registry, key: usize, line: &str, now: Instant) {
@@ -436,18 +510,27 @@ impl Peers {
     /// user with that token; a known token with another name is a forgery (dropped);
     /// an unknown token waits for an `*EXPECT` until the hello deadline.
     fn check_hello(&mut self, registry: &Registry, key: usize) {
-        let Some(PeerState::AwaitHello {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        let PeerState::AwaitHello {
             hello: Some((name, token)),
             ..
-        }) = self.peers.get(key).map(|p| &p.state)
+        } = &peer.state
         else {
             return;
         };
+        // The right name, and the certificate the server announced for it (a user
+        // with an announced key never gets in over plain text).
+        let presented = peer.link.peer_fingerprint();
         let verdict = self
             .expected
             .get(token)
             .filter(|i| i.expires > Instant::now())
-            .map(|i| i.user == *name);
+            .map(|i| {
+                i.user == *name
+                    && (i.key.is_empty() || presented.as_deref().is_some_and(|p| same(p, &i.key)))
+            });
         match verdict {
             None => {}
             Some(false) => self.drop_peer(registry, key),

@@ -89,7 +89,7 @@ impl Verifier {
 }
 
 /// Two fingerprints are the same whatever their case and separators.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     let norm = |s: &str| {
         s.trim_start_matches("SHA256:")
             .chars()

@@ -32,6 +32,9 @@ pub enum Request<'a> {
         password: &'a str,
         /// The TCP port the client accepts private connections on, if any.
         peer_port: Option<u16>,
+        /// The fingerprint of the certificate the client presents to peers (empty:
+        /// none; only with a peer port).
+        peer_key: &'a str,
     },
     /// The classic dialogue's first step: is this username one that may log in?
     User {
@@ -44,6 +47,9 @@ pub enum Request<'a> {
         password: &'a str,
         /// The TCP port the client accepts private connections on, if any.
         peer_port: Option<u16>,
+        /// The fingerprint of the certificate the client presents to peers (empty:
+        /// none; only with a peer port).
+        peer_key: &'a str,
     },
     /// `MSG <user> <text>`: a direct message.
     Msg {
@@ -129,22 +135,21 @@ impl Request<'_> {
             Request::Login {
                 user,
                 password,
-                peer_port: Some(p),
-            } => writeln!(out, "LOGIN {user} {password} {p}"),
-            Request::Login {
-                user,
-                password,
-                peer_port: None,
-            } => writeln!(out, "LOGIN {user} {password}"),
+                peer_port,
+                peer_key,
+            } => {
+                let _ = write!(out, "LOGIN {user} {password}");
+                peer_fields(out, *peer_port, peer_key)
+            }
             Request::User { user } => writeln!(out, "USER {user}"),
             Request::Pass {
                 password,
-                peer_port: Some(p),
-            } => writeln!(out, "PASS {password} {p}"),
-            Request::Pass {
-                password,
-                peer_port: None,
-            } => writeln!(out, "PASS {password}"),
+                peer_port,
+                peer_key,
+            } => {
+                let _ = write!(out, "PASS {password}");
+                peer_fields(out, *peer_port, peer_key)
+            }
             Request::Msg { to, text } => writeln!(out, "MSG {to} {text}"),
             Request::Bcast { text } => writeln!(out, "BCAST {text}"),
             Request::WhoElse => writeln!(out, "WHOELSE"),
@@ -159,6 +164,16 @@ impl Request<'_> {
             Request::Pong { seq } => writeln!(out, "PONG {seq}"),
             Request::Ack { id } => writeln!(out, "ACK {id}"),
         };
+    }
+}
+
+/// Appends ` <port> [<key>]` (if there is a port) and the newline.
+fn peer_fields(out: &mut Vec<u8>, port: Option<u16>, key: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    match (port, key) {
+        (Some(p), "") => writeln!(out, " {p}"),
+        (Some(p), k) => writeln!(out, " {p} {k}"),
+        (None, _) => writeln!(out),
     }
 }
 
@@ -233,6 +248,18 @@ pub fn clean_text(s: &str) -> bool {
     true
 }
 
+/// An optional certificate fingerprint as the last field: nothing, or up to 128
+/// characters of letters, digits and colons (`SHA256:ab:cd:...`; the server keeps it
+/// while the user is online, so it is bounded).
+fn opt_key(s: &str) -> Result<&str, RequestError> {
+    let ok = s.len() <= 128 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == ':');
+    if ok {
+        Ok(s)
+    } else {
+        Err(RequestError::BadArguments)
+    }
+}
+
 /// An optional peer port as the last field.
 fn opt_port(s: &str) -> Result<Option<u16>, RequestError> {
     if s.is_empty() {
@@ -286,19 +313,23 @@ pub fn parse_request(line: &str) -> Result<Request<'_>, RequestError> {
         },
         "LOGIN" => {
             let (user, rest) = field(rest);
-            let (password, port) = field(rest);
+            let (password, rest) = field(rest);
+            let (port, key) = field(rest);
             Request::Login {
                 user: name(user)?,
                 password: name(password)?,
                 peer_port: opt_port(port)?,
+                peer_key: opt_key(key)?,
             }
         }
         "USER" => Request::User { user: name(rest)? },
         "PASS" => {
-            let (password, port) = field(rest);
+            let (password, rest) = field(rest);
+            let (port, key) = field(rest);
             Request::Pass {
                 password: name(password)?,
                 peer_port: opt_port(port)?,
+                peer_key: opt_key(key)?,
             }
         }
         _ => return Err(RequestError::UnknownVerb),
@@ -469,6 +500,9 @@ pub enum Reply<'a> {
         addr: SocketAddr,
         /// The one-time token to present in `PEERHELLO`.
         token: &'a str,
+        /// The fingerprint of the certificate that user's client will present (empty:
+        /// an older client without one: the private connection is plain text).
+        key: &'a str,
     },
     /// `+OK`: the answer to `ACTIVE`.
     Ok,
@@ -559,6 +593,8 @@ pub enum Push<'a> {
         user: &'a str,
         /// The token they will present.
         token: &'a str,
+        /// The fingerprint of the certificate they will present (empty: none).
+        key: &'a str,
     },
     /// `*TIMEOUT`: logged out for inactivity; the server closes next.
     Timeout,
@@ -664,9 +700,23 @@ impl Reply<'_> {
             }
             Reply::Blocked { user } => writeln!(out, "+BLOCKED {user}"),
             Reply::Unblocked { user } => writeln!(out, "+UNBLOCKED {user}"),
-            Reply::Peer { user, addr, token } => {
-                writeln!(out, "+PEER {user} {} {} {token}", addr.ip(), addr.port())
-            }
+            Reply::Peer {
+                user,
+                addr,
+                token,
+                key: "",
+            } => writeln!(out, "+PEER {user} {} {} {token}", addr.ip(), addr.port()),
+            Reply::Peer {
+                user,
+                addr,
+                token,
+                key,
+            } => writeln!(
+                out,
+                "+PEER {user} {} {} {token} {key}",
+                addr.ip(),
+                addr.port()
+            ),
             Reply::Ok => writeln!(out, "+OK"),
             Reply::Pong { token: "" } => writeln!(out, "+PONG"),
             Reply::Pong { token } => writeln!(out, "+PONG {token}"),
@@ -698,7 +748,12 @@ impl Push<'_> {
                 Ok(())
             }
             Push::Ping { seq } => writeln!(out, "*PING {seq}"),
-            Push::Expect { user, token } => writeln!(out, "*EXPECT {user} {token}"),
+            Push::Expect {
+                user,
+                token,
+                key: "",
+            } => writeln!(out, "*EXPECT {user} {token}"),
+            Push::Expect { user, token, key } => writeln!(out, "*EXPECT {user} {token} {key}"),
             Push::Timeout => writeln!(out, "*TIMEOUT"),
             Push::Bye { reason } => writeln!(out, "*BYE {reason}"),
         };
@@ -715,6 +770,11 @@ fn names(rest: &str) -> Vec<&str> {
 
 fn num<T: std::str::FromStr>(s: &str) -> Result<T, BadFrame> {
     s.parse().map_err(|_| BadFrame)
+}
+
+/// A word or nothing.
+fn opt_word(s: &str) -> Result<&str, BadFrame> {
+    if s.is_empty() { Ok(s) } else { word(s) }
 }
 
 fn word(s: &str) -> Result<&str, BadFrame> {
@@ -768,12 +828,14 @@ pub fn parse_server_frame(line: &str) -> Result<ServerFrame<'_>, BadFrame> {
             "PEER" => {
                 let (user, rest) = field(rest);
                 let (ip, rest) = field(rest);
-                let (port, token) = field(rest);
+                let (port, rest) = field(rest);
+                let (token, key) = field(rest);
                 let ip: std::net::IpAddr = num(ip)?;
                 Reply::Peer {
                     user: word(user)?,
                     addr: SocketAddr::new(ip, num(port)?),
                     token: word(token)?,
+                    key: opt_word(key)?,
                 }
             }
             "OK" => Reply::Ok,
@@ -806,10 +868,12 @@ pub fn parse_server_frame(line: &str) -> Result<ServerFrame<'_>, BadFrame> {
             "LOGOUT" => Push::Logout(names(rest)),
             "PING" => Push::Ping { seq: num(rest)? },
             "EXPECT" => {
-                let (user, token) = field(rest);
+                let (user, rest) = field(rest);
+                let (token, key) = field(rest);
                 Push::Expect {
                     user: word(user)?,
                     token: word(token)?,
+                    key: opt_word(key)?,
                 }
             }
             "TIMEOUT" => Push::Timeout,
@@ -840,20 +904,35 @@ mod tests {
                 user: "alice",
                 password: "s3cret",
                 peer_port: None,
+                peer_key: "",
             },
             Request::Login {
                 user: "alice",
                 password: "s3cret",
                 peer_port: Some(5555),
+                peer_key: "",
+            },
+            Request::Login {
+                user: "alice",
+                password: "s3cret",
+                peer_port: Some(5555),
+                peer_key: "SHA256:ab:cd",
             },
             Request::User { user: "alice" },
             Request::Pass {
                 password: "s3cret",
                 peer_port: None,
+                peer_key: "",
             },
             Request::Pass {
                 password: "s3cret",
                 peer_port: Some(5555),
+                peer_key: "",
+            },
+            Request::Pass {
+                password: "s3cret",
+                peer_port: Some(5555),
+                peer_key: "SHA256:ab:cd",
             },
             Request::Msg {
                 to: "bob",
@@ -1000,6 +1079,13 @@ mod tests {
                 user: "bob",
                 addr,
                 token: "abc123",
+                key: "",
+            }),
+            ServerFrame::Reply(Reply::Peer {
+                user: "bob",
+                addr,
+                token: "abc123",
+                key: "SHA256:01:ff",
             }),
             ServerFrame::Reply(Reply::Ok),
             ServerFrame::Reply(Reply::Pong { token: "" }),
@@ -1021,6 +1107,12 @@ mod tests {
             ServerFrame::Push(Push::Expect {
                 user: "bob",
                 token: "t",
+                key: "",
+            }),
+            ServerFrame::Push(Push::Expect {
+                user: "bob",
+                token: "t",
+                key: "SHA256:01:ff",
             }),
             ServerFrame::Push(Push::Timeout),
             ServerFrame::Push(Push::Bye { reason: "shutdown" }),

@@ -23,6 +23,9 @@ pub(crate) struct Account {
     online_pos: usize,
     /// Last time seen online (a logout; or a login when the server stopped), in Unix ms.
     pub last_seen: Option<u64>,
+    /// While logged in: the fingerprint of the certificate its client presents to
+    /// peers (told at login), handed to whoever it is introduced to.
+    pub peer_key: Option<Box<str>>,
     pub ghost: bool,
 }
 
@@ -34,6 +37,7 @@ impl Account {
             session: None,
             online_pos: 0,
             last_seen: None,
+            peer_key: None,
             ghost: false,
         }
     }
@@ -115,6 +119,7 @@ impl Directory {
     pub(super) fn set_offline(&mut self, id: AccountId, at_ms: u64) {
         let a = &mut self.accounts[id as usize];
         a.session = None;
+        a.peer_key = None;
         a.last_seen = Some(at_ms);
         let pos = a.online_pos;
         self.online.swap_remove(pos);

@@ -165,16 +165,18 @@ fn on_request(core: &mut Core, key: usize, req: Request<'_>, now: Instant) {
             Request::Pass {
                 password,
                 peer_port,
+                peer_key,
             },
-        ) => login::password(core, key, id, password, peer_port, now),
+        ) => login::password(core, key, id, password, peer_port, peer_key, now),
         (
             Login(_),
             Request::Login {
                 user,
                 password,
                 peer_port,
+                peer_key,
             },
-        ) => login::login(core, key, user, password, peer_port, now),
+        ) => login::login(core, key, user, password, peer_port, peer_key, now),
         (Login(_), _) => core.error(key, ErrorCode::NotLoggedIn, ""),
         (
             Active(_),

@@ -40,6 +40,8 @@ pub(super) struct Login {
     /// Scope `account+ip`: per (username, address).
     pub by_ip: HashMap<(AccountId, IpAddr), LockState>,
     queue: VerifyQueue,
+    /// Peer certificate fingerprints of logins waiting for a verdict, by (key, serial).
+    pending_keys: HashMap<(usize, u64), Box<str>>,
 }
 
 impl Login {
@@ -50,6 +52,7 @@ impl Login {
             by_account: PerAccount::default(),
             by_ip: HashMap::new(),
             queue: VerifyQueue::default(),
+            pending_keys: HashMap::new(),
         }
     }
 
@@ -78,6 +81,7 @@ impl Login {
     /// Drops the verification of a connection that closed.
     pub(super) fn cancel(&mut self, key: usize, serial: u64, account: AccountId) {
         self.queue.cancel(key, serial, account);
+        self.pending_keys.remove(&(key, serial));
     }
 
     pub(super) fn verify_queued(&self) -> usize {
@@ -175,6 +179,7 @@ pub(super) fn login(
     name: &str,
     pw: &str,
     port: Option<u16>,
+    peer_key: &str,
     now: Instant,
 ) {
     let Some(id) = core.dir.lookup(name) else {
@@ -183,7 +188,7 @@ pub(super) fn login(
         info!("conn {key}: login failed from {ip} for unknown user {name:?}");
         return core.error(key, ErrorCode::NoSuchUser, name);
     };
-    password(core, key, id, pw, port, now);
+    password(core, key, id, pw, port, peer_key, now);
 }
 
 /// `PASS <password> [<port>]` (or the second half of `LOGIN`): checks the password at
@@ -194,16 +199,18 @@ pub(super) fn password(
     id: AccountId,
     pw: &str,
     port: Option<u16>,
+    peer_key: &str,
     now: Instant,
 ) {
     let ip = core.sessions[key].ip;
+    let peer_key = (!peer_key.is_empty()).then(|| Box::<str>::from(peer_key));
     if refuse_if_locked(core, key, id, ip, now) {
         return;
     }
     let secret = core.dir.get(id).password.clone();
     if !accounts::is_hashed(&secret) {
         let ok = accounts::plain_eq(&secret, pw);
-        return finish(core, key, id, ok, port, now);
+        return finish(core, key, id, ok, port, peer_key, now);
     }
     // Tens of milliseconds of hashing: off the loop. This session's further input
     // waits; everyone else is served meanwhile.
@@ -227,6 +234,9 @@ pub(super) fn password(
         account: id,
         peer_port: port,
     };
+    if let Some(k) = peer_key {
+        core.login.pending_keys.insert((key, s.serial), k);
+    }
 }
 
 /// Jobs for the idle verifier threads, fairly across accounts; a job whose account got
@@ -266,7 +276,8 @@ pub(super) fn verdict(core: &mut Core, key: usize, serial: u64, ok: bool, now: I
         return;
     };
     s.gate = Gate::Open;
-    finish(core, key, account, ok, peer_port, now);
+    let peer_key = core.login.pending_keys.remove(&(key, serial));
+    finish(core, key, account, ok, peer_port, peer_key, now);
     core.reap_overflowed(now);
     super::dispatch::resume_input(core, key, now);
 }
@@ -286,7 +297,15 @@ fn refuse_if_locked(core: &mut Core, key: usize, id: AccountId, ip: IpAddr, now:
 }
 
 /// The rest of a login once the password is checked.
-fn finish(core: &mut Core, key: usize, id: AccountId, ok: bool, port: Option<u16>, now: Instant) {
+fn finish(
+    core: &mut Core,
+    key: usize,
+    id: AccountId,
+    ok: bool,
+    port: Option<u16>,
+    peer_key: Option<Box<str>>,
+    now: Instant,
+) {
     let ip = core.sessions[key].ip;
     // While a hash was being verified, a reload may have removed the account...
     if core.dir.get(id).ghost {
@@ -321,6 +340,7 @@ fn finish(core: &mut Core, key: usize, id: AccountId, ok: bool, port: Option<u16
     let at = core.store.wall_ms(now);
     core.store.login(&name, at);
     core.dir.set_online(id, key);
+    core.dir.get_mut(id).peer_key = peer_key;
     core.stats.logins += 1;
     info!("conn {key}: user {name} logged in from {ip}");
     let s = &mut core.sessions[key];

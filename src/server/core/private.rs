@@ -75,10 +75,20 @@ pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
     }
     let token = core.private.token();
     let me: Box<str> = core.dir.name(cx.account).into();
+    // Each side learns the certificate the other will present, so the private
+    // connection is mutual TLS between exactly these two clients.
+    let my_key: Box<str> = core
+        .dir
+        .get(cx.account)
+        .peer_key
+        .clone()
+        .unwrap_or_default();
+    let their_key: Box<str> = core.dir.get(target).peer_key.clone().unwrap_or_default();
     core.push(tkey, |out| {
         Push::Expect {
             user: &me,
             token: &token,
+            key: &my_key,
         }
         .encode(out)
     });
@@ -88,6 +98,7 @@ pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
             user,
             addr: SocketAddr::new(ip, port),
             token: &token,
+            key: &their_key,
         },
     );
 }
