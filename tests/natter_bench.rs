@@ -219,3 +219,23 @@ fn gen_credentials_and_refusing_remote_targets() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
 }
+
+#[test]
+fn direct_and_login_storm_over_tls() {
+    // Plain text from 127.0.0.1 refused: only a real TLS client gets in.
+    let s = Server::start_with(&credentials(10), &["0", "--treat-as-remote", "127.0.0.1"]);
+    let (addr, pid) = (s.addr.to_string(), s.pid().to_string());
+    let common = ["--server", &addr, "--server-pid", &pid, "-n", "10"];
+    let r = bench(&[&["direct", "--tls", "-w", "4"][..], &common, &BRIEF].concat());
+    assert!(num(&r, "deliveries") > 0.0, "{r:?}");
+    assert_eq!(num(&r, "lost"), 0.0, "{r:?}");
+    assert_eq!(num(&r, "received_total"), num(&r, "sent_accepted"), "{r:?}");
+    assert_eq!(num(&r, "errors"), 0.0, "{r:?}");
+    let r = bench(&[&["login-storm", "--tls"][..], &common].concat());
+    assert_eq!(num(&r, "welcomed"), 10.0, "{r:?}");
+    assert_eq!(get(&r, "complete"), "yes", "{r:?}");
+    // The same without TLS is refused (the server says *BYE tls-required and closes).
+    let r = bench(&[&["login-storm", "--setup-timeout", "1s"][..], &common].concat());
+    assert_eq!(num(&r, "welcomed"), 0.0, "{r:?}");
+    assert_eq!(num(&r, "errors"), 10.0, "{r:?}");
+}

@@ -91,6 +91,10 @@ struct Common {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Connect over TLS (any certificate accepted; no session resumption, so every
+    /// login pays a full handshake).
+    #[arg(long)]
+    tls: bool,
 }
 
 const MAX_CLIENTS: usize = 100_000;
@@ -132,6 +136,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    if mode == Mode::Ceiling && c.tls {
+        eprintln!("natter-bench: error: ceiling measures the in-process relay, which has no TLS");
+        return ExitCode::from(2);
+    }
     if mode == Mode::Ceiling && c.clients % 2 == 1 {
         eprintln!("natter-bench: error: ceiling pairs clients: --clients must be even");
         return ExitCode::from(2);
@@ -152,6 +160,7 @@ fn main() -> ExitCode {
         check: !c.no_check,
         offline: c.offline && mode == Mode::Direct,
         rate: c.rate.filter(|r| *r > 0.0),
+        tls: c.tls,
     };
     match loadgen::run(&opts) {
         Ok(report) => {

@@ -8,6 +8,7 @@
 //! that does the least possible work, as the yardstick for everything else.
 
 mod relay;
+mod tls;
 mod worker;
 
 use std::io::{self, IsTerminal, Write};
@@ -87,6 +88,8 @@ pub(crate) struct Plan {
     /// Open loop: messages per second per client (the window still caps what is in
     /// flight); `None` sends as fast as replies come back (closed loop).
     pub rate: Option<f64>,
+    /// Connect over TLS with this configuration (`--tls`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Plan {
@@ -163,6 +166,9 @@ pub struct Options {
     pub offline: bool,
     /// Open loop: messages per second per client; `None` sends as fast as replies come.
     pub rate: Option<f64>,
+    /// Connect over TLS (any certificate accepted: a benchmark measures, it does not
+    /// trust; no session resumption, so every login pays a full handshake).
+    pub tls: bool,
 }
 
 /// What the server's `/proc` files say at one moment.
@@ -423,6 +429,11 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         check: opts.check && !opts.offline,
         offline: opts.offline,
         rate: opts.rate,
+        tls: if opts.tls {
+            Some(tls::config().map_err(|e| BenchError::Io(io::Error::other(e)))?)
+        } else {
+            None
+        },
     });
     let progress = Progress {
         on: io::stderr().is_terminal(),

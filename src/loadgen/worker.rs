@@ -53,6 +53,8 @@ enum St {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS session (`--tls`); `rbuf`/`wbuf` hold plain text either way.
+    tls: Option<Box<rustls::ClientConnection>>,
     idx: usize,
     st: St,
     rbuf: Vec<u8>,
@@ -181,9 +183,19 @@ impl Worker {
                 .as_bytes(),
             );
         }
+        let tls = match &self.plan.tls {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let conn = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(io::Error::other)?;
+                Some(Box::new(conn))
+            }
+            None => None,
+        };
         self.connecting += 1;
         self.conns.insert(Conn {
             stream,
+            tls,
             idx,
             st: St::Connecting,
             rbuf: Vec::new(),
@@ -337,7 +349,7 @@ impl Worker {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
-            match read_step(&mut c.stream, &mut self.scratch) {
+            match read_plain(c, &mut self.scratch) {
                 Step::Done(n) => {
                     let mut rbuf = std::mem::take(&mut c.rbuf);
                     rbuf.extend_from_slice(&self.scratch[..n]);
@@ -582,15 +594,10 @@ impl Worker {
         if c.st == St::Connecting {
             return;
         }
-        if !c.wbuf.is_empty() {
-            match write_until_blocked(&mut c.stream, &c.wbuf) {
-                Ok(n) => {
-                    c.wbuf.drain(..n);
-                }
-                Err(_) => return self.drop_conn(key),
-            }
+        if write_plain(c).is_err() {
+            return self.drop_conn(key);
         }
-        let want = !c.wbuf.is_empty();
+        let want = !c.wbuf.is_empty() || c.tls.as_ref().is_some_and(|t| t.wants_write());
         let registry = self.poll.registry();
         if sync_write_interest(
             registry,
@@ -604,4 +611,55 @@ impl Worker {
             self.drop_conn(key);
         }
     }
+}
+
+/// Reads plain text into `buf`: straight from the socket, or out of the TLS session
+/// after feeding it the records the socket has.
+fn read_plain(c: &mut Conn, buf: &mut [u8]) -> Step {
+    let Some(tls) = &mut c.tls else {
+        return read_step(&mut c.stream, buf);
+    };
+    loop {
+        match io::Read::read(&mut tls.reader(), buf) {
+            Ok(0) => return Step::Closed,
+            Ok(n) => return Step::Done(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Step::Failed(e),
+        }
+        match tls.read_tls(&mut c.stream) {
+            Ok(0) => return Step::Closed,
+            Ok(_) => {
+                if let Err(e) = tls.process_new_packets() {
+                    return Step::Failed(io::Error::other(e));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Step::Failed(e),
+        }
+    }
+}
+
+/// Writes what `wbuf` holds (through the TLS session, if any) until the socket is full.
+fn write_plain(c: &mut Conn) -> io::Result<()> {
+    let Some(tls) = &mut c.tls else {
+        if !c.wbuf.is_empty() {
+            let n = write_until_blocked(&mut c.stream, &c.wbuf)?;
+            c.wbuf.drain(..n);
+        }
+        return Ok(());
+    };
+    if !c.wbuf.is_empty() {
+        let n = io::Write::write(&mut tls.writer(), &c.wbuf)?;
+        c.wbuf.drain(..n);
+    }
+    while tls.wants_write() {
+        match tls.write_tls(&mut c.stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
