@@ -8,6 +8,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 use common::{Cli, Server};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -219,10 +221,15 @@ fn an_introduced_peer_gets_in_only_with_its_announced_certificate() {
         .unwrap();
     assert_eq!(read_line(&mut link).as_deref(), Some("PEEROK yoda"));
     assert_eq!(seen.seen().as_deref(), Some(yoda_key.as_str()));
+    // The session is between the clients: it carries messages both ways with the
+    // server stopped.
+    let server = Pid::from_raw(s.pid() as i32);
+    kill(server, Signal::SIGSTOP).unwrap();
     link.write_all(b"PMSG over tls\n").unwrap();
     yoda.expect("hans(private): over tls");
     yoda.type_line("private hans and back");
     assert_eq!(read_line(&mut link).as_deref(), Some("PMSG and back"));
+    kill(server, Signal::SIGCONT).unwrap();
 }
 
 #[test]
@@ -274,4 +281,23 @@ fn a_callee_without_its_announced_certificate_is_unreachable() {
     yoda.expect("Start private messaging with hans");
     right.write_all(b"PMSG hi yoda\n").unwrap();
     yoda.expect("hans(private): hi yoda");
+}
+
+#[test]
+fn with_an_older_client_the_introduction_carries_no_keys() {
+    let s = Server::start(&["0"]);
+    // hans announces a key; yoda, an older client, only a port.
+    let mut hans = hans_with_key(&s, 1, &test_cert());
+    let mut yoda = s.raw();
+    yoda.send("HELLO 1");
+    yoda.expect_prefix("+HELLO");
+    yoda.send("LOGIN yoda wise@!man 2");
+    yoda.expect("+WELCOME");
+    hans.expect("*LOGIN yoda");
+    let reply = hans.request("PRIVATE yoda");
+    let f: Vec<&str> = reply.split(' ').collect();
+    assert_eq!(f.len(), 5, "{reply}");
+    assert_eq!(&f[..4], ["+PEER", "yoda", "127.0.0.1", "2"], "{reply}");
+    // The older client gets the push it knows, without the field it would not parse.
+    assert_eq!(yoda.next_frame(), format!("*EXPECT hans {}", f[4]));
 }

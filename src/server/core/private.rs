@@ -76,14 +76,15 @@ pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
     let token = core.private.token();
     let me: Box<str> = core.dir.name(cx.account).into();
     // Each side learns the certificate the other will present, so the private
-    // connection is mutual TLS between exactly these two clients.
-    let my_key: Box<str> = core
-        .dir
-        .get(cx.account)
-        .peer_key
-        .clone()
-        .unwrap_or_default();
-    let their_key: Box<str> = core.dir.get(target).peer_key.clone().unwrap_or_default();
+    // connection is mutual TLS between exactly these two clients. Only when both
+    // announced one: an older client neither understands the extra field nor speaks
+    // TLS to peers, so with one the pair stays in plain text, as before.
+    let my_key = core.dir.get(cx.account).peer_key.clone();
+    let their_key = core.dir.get(target).peer_key.clone();
+    let (my_key, their_key): (Box<str>, Box<str>) = match (my_key, their_key) {
+        (Some(m), Some(t)) => (m, t),
+        _ => (Box::default(), Box::default()),
+    };
     core.push(tkey, |out| {
         Push::Expect {
             user: &me,
