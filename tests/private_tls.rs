@@ -50,13 +50,34 @@ impl Recorder {
     }
 }
 
-fn sig12(m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> SigResult {
-    rustls::crypto::verify_tls12_signature(m, c, d, &provider().signature_verification_algorithms)
+/// The handshake-signature checks both verifier traits need (the same in each).
+macro_rules! signature_checks {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            let algs = &provider().signature_verification_algorithms;
+            rustls::crypto::verify_tls12_signature(m, c, d, algs)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            let algs = &provider().signature_verification_algorithms;
+            rustls::crypto::verify_tls13_signature(m, c, d, algs)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
 }
-fn sig13(m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> SigResult {
-    rustls::crypto::verify_tls13_signature(m, c, d, &provider().signature_verification_algorithms)
-}
-type SigResult = Result<HandshakeSignatureValid, Error>;
 
 impl ServerCertVerifier for Recorder {
     fn verify_server_cert(
@@ -70,27 +91,7 @@ impl ServerCertVerifier for Recorder {
         self.record(end_entity);
         Ok(ServerCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> SigResult {
-        sig12(m, c, d)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> SigResult {
-        sig13(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    signature_checks!();
 }
 
 impl ClientCertVerifier for Recorder {
@@ -106,27 +107,7 @@ impl ClientCertVerifier for Recorder {
         self.record(end_entity);
         Ok(ClientCertVerified::assertion())
     }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> SigResult {
-        sig12(m, c, d)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> SigResult {
-        sig13(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    signature_checks!();
 }
 
 /// Reads one line from a stream, or None at EOF, reset or a TLS failure.
