@@ -98,21 +98,10 @@ fn private_messages_bypass_the_server() {
     a.expect("yoda");
 }
 
-/// Reads one line from a raw peer socket, or None at EOF.
+/// Reads one line from a raw peer socket (with the tests' read timeout), or None at EOF.
 fn peer_read_line(stream: &mut TcpStream) -> Option<String> {
-    use std::io::Read;
     stream.set_read_timeout(Some(common::WAIT)).unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        match stream.read(&mut byte) {
-            Ok(0) => return None,
-            Ok(_) if byte[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into_owned()),
-            Ok(_) => line.push(byte[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-            Err(e) => panic!("peer read: {e}"),
-        }
-    }
+    common::read_peer_line(stream)
 }
 
 #[test]

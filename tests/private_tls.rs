@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -110,22 +110,6 @@ impl ClientCertVerifier for Recorder {
     signature_checks!();
 }
 
-/// Reads one line from a stream, or None at EOF, reset or a TLS failure.
-fn read_line(stream: &mut impl Read) -> Option<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        match stream.read(&mut byte) {
-            Ok(0) => return None,
-            Ok(_) if byte[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into_owned()),
-            Ok(_) => line.push(byte[0]),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => panic!("peer read: {e}"),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => panic!("peer read: {e}"),
-            Err(_) => return None,
-        }
-    }
-}
-
 /// Dials a natter peer port with TLS, presenting `cert`; records what it presented.
 fn dial(
     addr: SocketAddr,
@@ -185,7 +169,7 @@ fn an_introduced_peer_gets_in_only_with_its_announced_certificate() {
     plain
         .write_all(format!("PEERHELLO hans {token}\n").as_bytes())
         .unwrap();
-    assert_eq!(read_line(&mut plain), None);
+    assert_eq!(common::read_peer_line(&mut plain), None);
 
     // TLS with someone else's certificate: refused at the hello.
     let seen = Arc::new(Recorder::default());
@@ -193,14 +177,17 @@ fn an_introduced_peer_gets_in_only_with_its_announced_certificate() {
     impostor
         .write_all(format!("PEERHELLO hans {token}\n").as_bytes())
         .unwrap();
-    assert_eq!(read_line(&mut impostor), None);
+    assert_eq!(common::read_peer_line(&mut impostor), None);
 
     // The announced certificate: in, and yoda presented the key the server announced.
     let seen = Arc::new(Recorder::default());
     let mut link = dial(addr, &mine, &seen);
     link.write_all(format!("PEERHELLO hans {token}\n").as_bytes())
         .unwrap();
-    assert_eq!(read_line(&mut link).as_deref(), Some("PEEROK yoda"));
+    assert_eq!(
+        common::read_peer_line(&mut link).as_deref(),
+        Some("PEEROK yoda")
+    );
     assert_eq!(seen.seen().as_deref(), Some(yoda_key.as_str()));
     // The session is between the clients: it carries messages both ways with the
     // server stopped.
@@ -209,7 +196,10 @@ fn an_introduced_peer_gets_in_only_with_its_announced_certificate() {
     link.write_all(b"PMSG over tls\n").unwrap();
     yoda.expect("hans(private): over tls");
     yoda.type_line("private hans and back");
-    assert_eq!(read_line(&mut link).as_deref(), Some("PMSG and back"));
+    assert_eq!(
+        common::read_peer_line(&mut link).as_deref(),
+        Some("PMSG and back")
+    );
     kill(server, Signal::SIGCONT).unwrap();
 }
 
@@ -243,7 +233,7 @@ fn a_callee_without_its_announced_certificate_is_unreachable() {
     let (token, yoda_key) = (f[2].to_string(), f[3].to_string());
     let seen = Arc::new(Recorder::default());
     let mut wrong = accept(&test_cert(), &seen);
-    assert_eq!(read_line(&mut wrong), None);
+    assert_eq!(common::read_peer_line(&mut wrong), None);
     yoda.expect("Error. Cannot connect to hans for private messaging");
 
     // The announced one: the session opens, and yoda presented its announced key.
@@ -254,7 +244,7 @@ fn a_callee_without_its_announced_certificate_is_unreachable() {
     let seen = Arc::new(Recorder::default());
     let mut right = accept(&mine, &seen);
     assert_eq!(
-        read_line(&mut right),
+        common::read_peer_line(&mut right),
         Some(format!("PEERHELLO yoda {token2}"))
     );
     assert_eq!(seen.seen().as_deref(), Some(yoda_key.as_str()));

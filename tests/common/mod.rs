@@ -787,3 +787,20 @@ pub fn drain_until_end(s: &Server, user: &str, password: &str, from: &str) -> Ve
         texts.push(text.to_string());
     }
 }
+
+/// Reads one line from a peer connection (plain or TLS), or None when the other end
+/// closed, reset or failed the handshake; panics on a read timeout.
+pub fn read_peer_line(stream: &mut impl Read) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => return None,
+            Ok(_) if byte[0] == b'\n' => return Some(String::from_utf8_lossy(&line).into_owned()),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => panic!("peer read: {e}"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => panic!("peer read: {e}"),
+            Err(_) => return None,
+        }
+    }
+}
