@@ -4,8 +4,6 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,30 +35,6 @@ fn counter(s: &Server, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {line:?}"))
 }
 
-/// A raw connection from a chosen loopback source address.
-fn connect_from(src: &str, server: SocketAddr) -> Raw {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .expect("socket");
-    let src: SocketAddr = format!("{src}:0").parse().expect("source address");
-    let SocketAddr::V4(src) = src else {
-        panic!("IPv4 only")
-    };
-    let SocketAddr::V4(dst) = server else {
-        panic!("IPv4 only")
-    };
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(src)).expect("bind");
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(dst)).expect("connect");
-    // SAFETY: `fd` is a connected TCP socket we own; ownership moves into the stream.
-    let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    Raw::from_stream(stream)
-}
-
 #[test]
 fn connections_per_address_are_capped_and_others_keep_being_served() {
     let s = Server::start(&[
@@ -76,7 +50,7 @@ fn connections_per_address_are_capped_and_others_keep_being_served() {
     let mut refused = s.raw();
     assert_eq!(refused.expect_closed(), ["*BYE too-many-connections"]);
     // Another address is not affected, and the first connection still works.
-    let mut other = connect_from("127.0.0.2", s.addr);
+    let mut other = Raw::connect_from("127.0.0.2", s.addr);
     other.send("HELLO 1");
     other.expect_prefix("+HELLO 1 ");
     a.expect_nothing_pending();
@@ -103,7 +77,7 @@ fn new_connections_per_address_per_minute_are_capped() {
     let _kept: Vec<Raw> = (0..3).map(|_| s.raw()).collect();
     let mut refused = s.raw();
     assert_eq!(refused.expect_closed(), ["*BYE connecting-too-fast"]);
-    let mut other = connect_from("127.0.0.3", s.addr);
+    let mut other = Raw::connect_from("127.0.0.3", s.addr);
     other.send("HELLO 1");
     other.expect_prefix("+HELLO 1 ");
     assert_eq!(counter(&s, "rate_refused"), 1);
@@ -167,7 +141,7 @@ fn a_flood_is_throttled_not_dropped_and_does_not_delay_others() {
 fn lockout_scope_account_ip_only_locks_the_attacking_address() {
     let s = Server::start(&["0", "60", "--lockout-scope", "account+ip"]);
     for attempt in 0..3 {
-        let mut c = connect_from("127.0.0.2", s.addr);
+        let mut c = Raw::connect_from("127.0.0.2", s.addr);
         c.send("HELLO 1");
         c.expect_prefix("+HELLO");
         c.send("LOGIN vader wrong");
@@ -179,7 +153,7 @@ fn lockout_scope_account_ip_only_locks_the_attacking_address() {
         }
     }
     // The attacker's address stays locked, even with the right password...
-    let mut c = connect_from("127.0.0.2", s.addr);
+    let mut c = Raw::connect_from("127.0.0.2", s.addr);
     c.send("HELLO 1");
     c.expect_prefix("+HELLO");
     c.send("LOGIN vader sithlord**");
@@ -416,7 +390,7 @@ fn password_guess_floods_cannot_starve_a_genuine_login() {
     let s = Server::start_with(&creds, &["0"]);
     for a in 2..18 {
         for _ in 0..32 {
-            let mut c = connect_from(&format!("127.0.0.{a}"), s.addr);
+            let mut c = Raw::connect_from(&format!("127.0.0.{a}"), s.addr);
             c.send_bytes(b"HELLO 1\nLOGIN vader guess\n");
         }
     }
@@ -424,7 +398,7 @@ fn password_guess_floods_cannot_starve_a_genuine_login() {
     // refused at once (not counted as failures).
     let mut open: Vec<Raw> = (0..20)
         .map(|_| {
-            let mut c = connect_from("127.0.0.30", s.addr);
+            let mut c = Raw::connect_from("127.0.0.30", s.addr);
             c.send_bytes(b"HELLO 1\nLOGIN vader guess\n");
             c
         })

@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{Raw, Server, scratch_dir, wait_until};
@@ -150,36 +150,10 @@ fn a_certificate_from_a_trusted_ca_needs_no_pinning() {
     );
 }
 
-/// A raw plain-text connection from `src`.
-fn connect_from(src: &str, server: SocketAddr) -> Raw {
-    let sock = socket2_like_connect(src, server);
-    Raw::from_stream(sock)
-}
-
-fn socket2_like_connect(src: &str, server: SocketAddr) -> TcpStream {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
-    use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .expect("socket");
-    let src: SocketAddr = format!("{src}:0").parse().expect("source");
-    let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, server) else {
-        panic!("IPv4 only")
-    };
-    bind(fd.as_raw_fd(), &SockaddrIn::from(src)).expect("bind");
-    connect(fd.as_raw_fd(), &SockaddrIn::from(dst)).expect("connect");
-    // SAFETY: `fd` is a connected TCP socket we own; ownership moves into the stream.
-    unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) }
-}
-
 #[test]
 fn plain_text_is_refused_from_remote_addresses_unless_allowed() {
     let s = Server::start(&["0", "--treat-as-remote", "127.0.0.2"]);
-    let mut remote = connect_from("127.0.0.2", s.addr);
+    let mut remote = Raw::connect_from("127.0.0.2", s.addr);
     remote.send("HELLO 1");
     assert_eq!(remote.expect_closed(), ["*BYE tls-required"]);
     // Loopback proper is local: plain text is fine.
@@ -187,7 +161,7 @@ fn plain_text_is_refused_from_remote_addresses_unless_allowed() {
     assert_eq!(local.request("WHOELSE"), "+USERS");
 
     let open = Server::start(&["0", "--treat-as-remote", "127.0.0.2", "--allow-plaintext"]);
-    let mut remote = connect_from("127.0.0.2", open.addr);
+    let mut remote = Raw::connect_from("127.0.0.2", open.addr);
     remote.send("HELLO 1");
     remote.expect_prefix("+HELLO 1 ");
 }

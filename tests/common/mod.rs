@@ -248,6 +248,30 @@ impl Raw {
         Raw::from_stream(TcpStream::connect(addr).expect("connect"))
     }
 
+    /// A raw connection from a chosen loopback source address (`127.0.0.2`, ...), for
+    /// tests of per-address limits and of what counts as remote.
+    pub fn connect_from(src: &str, server: SocketAddr) -> Raw {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket,
+        };
+        use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        let src: SocketAddr = format!("{src}:0").parse().expect("source address");
+        let (SocketAddr::V4(src), SocketAddr::V4(dst)) = (src, server) else {
+            panic!("IPv4 only")
+        };
+        bind(fd.as_raw_fd(), &SockaddrIn::from(src)).expect("bind");
+        connect(fd.as_raw_fd(), &SockaddrIn::from(dst)).expect("connect");
+        // SAFETY: `fd` is a connected TCP socket we own; ownership moves into the stream.
+        Raw::from_stream(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) })
+    }
+
     pub fn from_stream(stream: TcpStream) -> Raw {
         stream.set_nodelay(true).ok();
         Raw {
