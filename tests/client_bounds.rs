@@ -189,11 +189,7 @@ fn one_user_asking_for_introductions_in_a_loop_cannot_crowd_out_others() {
 
     // The server refuses a requester past its share of introductions.
     let s = Server::start(&["0"]);
-    let mut leia = s.raw();
-    leia.send("HELLO 1");
-    leia.expect_prefix("+HELLO 1 ");
-    leia.send("LOGIN leia princess$1 4444");
-    leia.expect("+WELCOME");
+    let _leia = s.login_with("LOGIN leia princess$1 4444");
     let mut luke = s.login("luke", "jedi*knight");
     let (mut peers, mut limited) = (0, 0);
     for _ in 0..1100 {

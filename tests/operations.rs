@@ -83,16 +83,21 @@ fn new_connections_per_address_per_minute_are_capped() {
     assert_eq!(counter(&s, "rate_refused"), 1);
 }
 
-#[test]
-fn a_flood_is_throttled_not_dropped_and_does_not_delay_others() {
-    let s = Server::start(&[
+/// A server whose flood control applies to loopback: a burst of 5, then `rate` per second.
+fn flood_limited_server(rate: &str) -> Server {
+    Server::start(&[
         "0",
         "--limit-loopback",
         "--flood-burst",
         "5",
         "--flood-rate",
-        "40",
-    ]);
+        rate,
+    ])
+}
+
+#[test]
+fn a_flood_is_throttled_not_dropped_and_does_not_delay_others() {
+    let s = flood_limited_server("40");
     let mut flooder = s.login("hans", "falcon*solo");
     let mut calm = s.login("yoda", "wise@!man");
     flooder.expect("*LOGIN yoda");
@@ -348,14 +353,7 @@ fn line_output_and_login_limits_move_their_counters() {
 /// as `PONG <seq>` or `ACK <id>` are exempt now.
 #[test]
 fn only_real_pongs_and_acks_escape_flood_control() {
-    let s = Server::start(&[
-        "0",
-        "--limit-loopback",
-        "--flood-burst",
-        "5",
-        "--flood-rate",
-        "200",
-    ]);
+    let s = flood_limited_server("200");
     let mut c = s.login("hans", "falcon*solo");
     // Real answers never count: 100 of them leave the counter at zero.
     let answers: String = (0..100).map(|i| format!("PONG {i}\nACK {i}\n")).collect();

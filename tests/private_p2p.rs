@@ -108,11 +108,7 @@ fn peer_read_line(stream: &mut TcpStream) -> Option<String> {
 fn strangers_on_the_peer_port_are_refused_silently() {
     let s = Server::start(&["0"]);
     // hans is a raw protocol client here, so the test sees the token itself.
-    let mut hans = s.raw();
-    hans.send("HELLO 1");
-    hans.expect_prefix("+HELLO");
-    hans.send("LOGIN hans falcon*solo 1");
-    hans.expect("+WELCOME");
+    let mut hans = s.login_with("LOGIN hans falcon*solo 1");
     let mut b = Cli::login(&s, "yoda", "wise@!man");
     hans.expect("*LOGIN yoda");
     let port = peer_port(&b);

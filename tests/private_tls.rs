@@ -132,15 +132,10 @@ fn dial(
 
 /// hans, logged in over the raw protocol with a peer port and `cert`'s fingerprint.
 fn hans_with_key(s: &Server, port: u16, cert: &TestCert) -> common::Raw {
-    let mut hans = s.raw();
-    hans.send("HELLO 1");
-    hans.expect_prefix("+HELLO");
-    hans.send(&format!(
+    s.login_with(&format!(
         "LOGIN hans falcon*solo {port} {}",
         cert.fingerprint
-    ));
-    hans.expect("+WELCOME");
-    hans
+    ))
 }
 
 /// `+PEER yoda <ip> <port> <token> <key>`, split.
@@ -259,11 +254,7 @@ fn with_an_older_client_the_introduction_carries_no_keys() {
     let s = Server::start(&["0"]);
     // hans announces a key; yoda, an older client, only a port.
     let mut hans = hans_with_key(&s, 1, &test_cert());
-    let mut yoda = s.raw();
-    yoda.send("HELLO 1");
-    yoda.expect_prefix("+HELLO");
-    yoda.send("LOGIN yoda wise@!man 2");
-    yoda.expect("+WELCOME");
+    let mut yoda = s.login_with("LOGIN yoda wise@!man 2");
     hans.expect("*LOGIN yoda");
     let reply = hans.request("PRIVATE yoda");
     let f: Vec<&str> = reply.split(' ').collect();

@@ -217,10 +217,16 @@ impl Server {
 
     /// A raw connection that has done the handshake and logged in.
     pub fn login(&self, user: &str, password: &str) -> Raw {
+        self.login_with(&format!("LOGIN {user} {password}"))
+    }
+
+    /// A raw connection that has done the handshake and logged in with `login` (a
+    /// whole `LOGIN` line: with a peer port, a peer key, ...).
+    pub fn login_with(&self, login: &str) -> Raw {
         let mut c = self.raw();
         c.send("HELLO 1");
         c.expect_prefix("+HELLO 1 ");
-        c.send(&format!("LOGIN {user} {password}"));
+        c.send(login);
         c.expect("+WELCOME");
         c
     }
