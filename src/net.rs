@@ -81,3 +81,53 @@ pub(crate) fn sync_write_interest(
     *current = want;
     registry.reregister(source, token, interest)
 }
+
+/// Writes the TLS records a rustls session has ready until it has none or the socket is
+/// full (`Ok` in both cases); handshake messages are records like any other. Shared by
+/// natterd's loop, the client's links and the load generator.
+pub(crate) fn write_tls_until_blocked<D>(
+    tls: &mut rustls::ConnectionCommon<D>,
+    stream: &mut impl Write,
+) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One read through a rustls session: plain text it already decrypted first; when it
+/// has none, the records the socket has are fed to it. `Done(n)`: `n` bytes of plain
+/// text in `buf`; `WouldBlock`: the socket has nothing more; `Closed`: the other end
+/// closed; `Failed`: the connection is over (after a protocol error the alert saying
+/// why has been sent).
+pub(crate) fn read_tls_step<D>(
+    tls: &mut rustls::ConnectionCommon<D>,
+    stream: &mut (impl Read + Write),
+    buf: &mut [u8],
+) -> Step {
+    loop {
+        match tls.reader().read(buf) {
+            Ok(0) => return Step::Closed,
+            Ok(n) => return Step::Done(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Step::Failed(e),
+        }
+        match tls.read_tls(stream) {
+            Ok(0) => return Step::Closed,
+            Ok(_) => {
+                if let Err(e) = tls.process_new_packets() {
+                    let _ = write_tls_until_blocked(tls, stream);
+                    return Step::Failed(io::Error::other(e));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WouldBlock,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Step::Failed(e),
+        }
+    }
+}

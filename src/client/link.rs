@@ -4,7 +4,7 @@ use std::io;
 
 use mio::net::TcpStream;
 
-use crate::net::{Step, read_step, write_until_blocked};
+use crate::net::{Step, read_step, read_tls_step, write_tls_until_blocked, write_until_blocked};
 use crate::protocol::frames;
 use crate::protocol::{Flow, Frame, LineDecoder, OutBuf};
 
@@ -65,18 +65,11 @@ impl Link {
 
     /// Writes what rustls has ready; `Ok` also when the socket is full.
     fn write_tls(&mut self) -> io::Result<()> {
-        let Some(tls) = &mut self.tls else {
-            return Ok(());
-        };
-        while tls.wants_write() {
-            match tls.write_tls(&mut self.stream) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        match self.tls.as_deref_mut() {
+            None => Ok(()),
+            Some(rustls::Connection::Client(c)) => write_tls_until_blocked(c, &mut self.stream),
+            Some(rustls::Connection::Server(c)) => write_tls_until_blocked(c, &mut self.stream),
         }
-        Ok(())
     }
 
     pub(super) fn send_bytes(&mut self, bytes: &[u8]) {
@@ -110,17 +103,14 @@ impl Link {
     /// socket did: the caller must come back (readiness is edge-triggered), and a
     /// peer that sends without pause cannot make us hold more than a budget's lines.
     pub(super) fn read_lines(&mut self, buf: &mut [u8], more: &mut bool) -> (Vec<String>, bool) {
-        if self.tls.is_some() {
-            return self.read_tls_lines(buf, more);
-        }
         let mut lines = Vec::new();
         let mut budget = READ_BUDGET;
-        loop {
+        let closed = loop {
             if budget == 0 {
                 *more = true;
-                return (lines, false);
+                break false;
             }
-            match read_step(&mut self.stream, buf) {
+            match self.read_step(buf) {
                 Step::Done(n) => {
                     budget = budget.saturating_sub(n);
                     self.decoder.feed(&buf[..n], frames::MAX_LINE, |f| {
@@ -133,76 +123,21 @@ impl Link {
                         Flow::Continue
                     })
                 }
-                Step::WouldBlock => return (lines, false),
-                Step::Closed | Step::Failed(_) => return (lines, true),
+                Step::WouldBlock => break false,
+                Step::Closed | Step::Failed(_) => break true,
             }
-        }
-    }
-
-    /// `read_lines` through TLS: records in, plain text out, lines decoded.
-    fn read_tls_lines(&mut self, buf: &mut [u8], more: &mut bool) -> (Vec<String>, bool) {
-        let mut lines = Vec::new();
-        let mut budget = READ_BUDGET;
-        let Some(tls) = &mut self.tls else {
-            return (lines, true);
         };
-        let decoder = &mut self.decoder;
-        let mut closed = false;
-        loop {
-            // Decrypted plain text first.
-            loop {
-                match io::Read::read(&mut tls.reader(), buf) {
-                    Ok(0) => {
-                        closed = true;
-                        break;
-                    }
-                    Ok(n) => {
-                        budget = budget.saturating_sub(n);
-                        decoder.feed(&buf[..n], frames::MAX_LINE, |f| {
-                            lines.push(match f {
-                                Frame::Line(l) => l.to_string(),
-                                Frame::TooLong | Frame::BadUtf8 => "\u{0}".to_string(),
-                            });
-                            Flow::Continue
-                        });
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        closed = true;
-                        break;
-                    }
-                }
-            }
-            if closed {
-                break;
-            }
-            if budget == 0 {
-                *more = true;
-                break;
-            }
-            match tls.read_tls(&mut self.stream) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(_) => {
-                    if tls.process_new_packets().is_err() {
-                        // Send the alert saying why, then give up.
-                        let _ = tls.write_tls(&mut self.stream);
-                        closed = true;
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
         // Handshake messages to answer go out now.
         let _ = self.write_tls();
         (lines, closed)
+    }
+
+    /// One read: from the socket, or through the TLS session when there is one.
+    fn read_step(&mut self, buf: &mut [u8]) -> Step {
+        match self.tls.as_deref_mut() {
+            None => read_step(&mut self.stream, buf),
+            Some(rustls::Connection::Client(c)) => read_tls_step(c, &mut self.stream, buf),
+            Some(rustls::Connection::Server(c)) => read_tls_step(c, &mut self.stream, buf),
+        }
     }
 }

@@ -19,7 +19,10 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use super::{Mode, Phase, Plan, Shared, mono_ns};
-use crate::net::{Step, read_step, sync_write_interest, write_until_blocked};
+use crate::net::{
+    Step, read_step, read_tls_step, sync_write_interest, write_tls_until_blocked,
+    write_until_blocked,
+};
 
 /// Connection attempts a thread keeps outstanding at once: more only overflow the
 /// server's listen backlog, and a dropped SYN costs a one-second retransmit.
@@ -616,27 +619,9 @@ impl Worker {
 /// Reads plain text into `buf`: straight from the socket, or out of the TLS session
 /// after feeding it the records the socket has.
 fn read_plain(c: &mut Conn, buf: &mut [u8]) -> Step {
-    let Some(tls) = &mut c.tls else {
-        return read_step(&mut c.stream, buf);
-    };
-    loop {
-        match io::Read::read(&mut tls.reader(), buf) {
-            Ok(0) => return Step::Closed,
-            Ok(n) => return Step::Done(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Step::Failed(e),
-        }
-        match tls.read_tls(&mut c.stream) {
-            Ok(0) => return Step::Closed,
-            Ok(_) => {
-                if let Err(e) = tls.process_new_packets() {
-                    return Step::Failed(io::Error::other(e));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::WouldBlock,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Step::Failed(e),
-        }
+    match c.tls.as_deref_mut() {
+        Some(tls) => read_tls_step(tls, &mut c.stream, buf),
+        None => read_step(&mut c.stream, buf),
     }
 }
 
@@ -653,13 +638,5 @@ fn write_plain(c: &mut Conn) -> io::Result<()> {
         let n = io::Write::write(&mut tls.writer(), &c.wbuf)?;
         c.wbuf.drain(..n);
     }
-    while tls.wants_write() {
-        match tls.write_tls(&mut c.stream) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+    write_tls_until_blocked(tls, &mut c.stream)
 }

@@ -30,7 +30,7 @@
 //! gracefully (everyone told, state flushed), SIGUSR1 logs the counters.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,7 +49,10 @@ use super::flood::{Rate, TokenBucket};
 use super::store::{DataDir, FsyncPolicy, Journal, StoreError};
 use super::tls::{self, CertSource, Identity};
 use super::verifier::Verifier;
-use crate::net::{Step, read_step, sync_write_interest, write_until_blocked};
+use crate::net::{
+    Step, read_step, read_tls_step, sync_write_interest, write_tls_until_blocked,
+    write_until_blocked,
+};
 use crate::protocol::frames::{ByeReason, Push};
 
 /// One connection as the loop sees it: the socket and its registration.
@@ -76,19 +79,6 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// Plain-text bytes (and TLS records) a TLS session may buffer for writing: the core's
 /// output queue, not rustls, is where a slow reader's backlog is bounded.
 const TLS_BUFFER: usize = 64 * 1024;
-
-/// Writes what rustls has ready; `Ok` also when the socket is full.
-fn write_tls(tls: &mut rustls::ServerConnection, stream: &mut TcpStream) -> io::Result<()> {
-    while tls.wants_write() {
-        match tls.write_tls(stream) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
 
 const LISTENER: Token = Token(usize::MAX);
 /// Woken by the journal writer (durable batches) and the verifier threads (verdicts).
@@ -590,62 +580,37 @@ impl Server {
             scratch,
             ..
         } = self;
-        loop {
-            let Some(Conn {
-                stream,
-                transport: Transport::Tls(tls),
-                ..
-            }) = conns.get_mut(key)
-            else {
-                return;
-            };
-            // Decrypted plain text first, while the core takes input.
-            while core.wants_read(key) {
-                match tls.reader().read(scratch) {
-                    Ok(0) => return core.handle_closed(key, CloseReason::Eof, now),
-                    Ok(n) => {
-                        core.handle_read(key, &scratch[..n], now);
-                        budget = budget.saturating_sub(n);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        debug!("conn {key}: TLS read error: {e}");
-                        return core.handle_closed(key, CloseReason::IoError, now);
-                    }
-                }
-                if budget == 0 {
-                    break;
-                }
-            }
-            if tls.wants_write() {
-                // A handshake message (or an alert) to send: the flush does it.
-                core.handle_writable(key);
-            }
-            if !core.wants_read(key) {
-                return;
-            }
+        let Some(Conn {
+            stream,
+            transport: Transport::Tls(tls),
+            ..
+        }) = conns.get_mut(key)
+        else {
+            return;
+        };
+        while core.wants_read(key) {
             if budget == 0 {
                 if let Some(serial) = core.serial(key) {
                     self.read_backlog.push((key, serial));
                 }
-                return;
+                break;
             }
-            match tls.read_tls(stream) {
-                Ok(0) => return core.handle_closed(key, CloseReason::Eof, now),
-                Ok(_) => {
-                    if let Err(e) = tls.process_new_packets() {
-                        debug!("conn {key}: TLS error: {e}");
-                        let _ = write_tls(tls, stream);
-                        return core.handle_closed(key, CloseReason::IoError, now);
-                    }
+            match read_tls_step(tls, stream, scratch) {
+                Step::Done(n) => {
+                    core.handle_read(key, &scratch[..n], now);
+                    budget = budget.saturating_sub(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("conn {key}: read error: {e}");
+                Step::WouldBlock => break,
+                Step::Closed => return core.handle_closed(key, CloseReason::Eof, now),
+                Step::Failed(e) => {
+                    debug!("conn {key}: TLS read failed: {e}");
                     return core.handle_closed(key, CloseReason::IoError, now);
                 }
             }
+        }
+        if tls.wants_write() {
+            // A handshake message (or an alert) to send: the flush does it.
+            core.handle_writable(key);
         }
     }
 
@@ -667,7 +632,7 @@ impl Server {
                         } else {
                             tls.writer().write(bytes)?
                         };
-                        write_tls(tls, &mut c.stream)?;
+                        write_tls_until_blocked(tls, &mut c.stream)?;
                         (n, tls.wants_write() || n < bytes.len())
                     }
                     _ => {
@@ -700,7 +665,7 @@ impl Server {
                 if let Transport::Tls(tls) = &mut c.transport {
                     // A clean TLS close, best effort (the socket may be full or gone).
                     tls.send_close_notify();
-                    let _ = write_tls(tls, &mut c.stream);
+                    let _ = write_tls_until_blocked(tls, &mut c.stream);
                 }
                 if let Some(e) = self.per_ip.get_mut(&c.peer.ip()) {
                     e.conns = e.conns.saturating_sub(1);
