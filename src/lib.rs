@@ -19,4 +19,5 @@ pub mod logging;
 pub(crate) mod net;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 pub mod units;

@@ -30,7 +30,7 @@ fn test_cert() -> TestCert {
     let ck = rcgen::generate_simple_self_signed(vec!["natter-peer".to_string()]).unwrap();
     let der = ck.cert.der().clone();
     TestCert {
-        fingerprint: natter::server::tls::fingerprint(&der),
+        fingerprint: natter::tls::fingerprint(&der),
         certs: vec![der],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der())),
     }
@@ -46,7 +46,7 @@ impl Recorder {
         self.0.lock().unwrap().clone()
     }
     fn record(&self, cert: &CertificateDer<'_>) {
-        *self.0.lock().unwrap() = Some(natter::server::tls::fingerprint(cert));
+        *self.0.lock().unwrap() = Some(natter::tls::fingerprint(cert));
     }
 }
 

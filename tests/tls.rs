@@ -173,7 +173,7 @@ fn a_renewed_certificate_is_picked_up_on_sighup_and_a_broken_one_ignored() {
         let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
         std::fs::write(dir.join(format!("{name}.crt")), ck.cert.pem()).unwrap();
         std::fs::write(dir.join(format!("{name}.key")), ck.key_pair.serialize_pem()).unwrap();
-        natter::server::tls::fingerprint(ck.cert.der())
+        natter::tls::fingerprint(ck.cert.der())
     };
     let first = write_pair("live");
     let (cert, key) = (dir.join("live.crt"), dir.join("live.key"));

@@ -258,12 +258,13 @@ impl Conversation {
             return self.show(r::INVALID_PASSWORD);
         }
         let peer_port = self.peer_port;
-        let key = std::mem::take(&mut self.peer_key);
-        let peer_key = if peer_port.is_some() {
-            key.as_str()
+        // A key only goes with a port (no port: no private sessions to secure).
+        let key = if peer_port.is_some() {
+            self.peer_key.clone()
         } else {
-            ""
+            String::new()
         };
+        let peer_key = key.as_str();
         let req = if self.legacy_login {
             Request::Login {
                 user: &user,
@@ -279,7 +280,6 @@ impl Conversation {
             }
         };
         self.request(req, Pending::Login);
-        self.peer_key = key;
         self.stage = Stage::LoggingIn(user);
     }
 

@@ -50,7 +50,7 @@ impl Link {
     pub(super) fn peer_fingerprint(&self) -> Option<String> {
         let tls = self.tls.as_ref()?;
         let cert = tls.peer_certificates()?.first()?;
-        Some(crate::server::tls::fingerprint(cert))
+        Some(crate::tls::fingerprint(cert))
     }
 
     /// The first byte waiting on the socket, without taking it (`Ok(None)`: the other

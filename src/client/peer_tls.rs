@@ -21,8 +21,7 @@ use rustls::{
     ClientConfig, ClientConnection, DistinguishedName, Error, ServerConfig, ServerConnection,
 };
 
-use super::trust::same;
-use crate::server::tls::{fingerprint, provider, signature_checks};
+use crate::tls::{fingerprint, provider, same, signature_checks};
 
 /// The name both ends use in the handshake (neither checks it: the fingerprint is the
 /// identity).

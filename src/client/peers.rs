@@ -32,8 +32,8 @@ use slab::Slab;
 use super::link::Link;
 use super::peer_tls::PeerIdentity;
 use super::render as r;
-use super::trust::same;
 use crate::protocol::peer::{PeerFrame, parse_peer_line};
+use crate::tls::same;
 
 /// Tokens of peer connections start here.
 pub(crate) const PEER_BASE: usize = 16;

@@ -16,7 +16,7 @@ use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, Error};
 
-use crate::server::tls::{fingerprint, provider, signature_checks};
+use crate::tls::{fingerprint, provider, same, signature_checks};
 
 /// What the verifier decided, for the client to report after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,18 +86,6 @@ impl Verifier {
             Err(Error::General("the server's certificate changed".into()))
         }
     }
-}
-
-/// Two fingerprints are the same whatever their case and separators.
-pub(crate) fn same(a: &str, b: &str) -> bool {
-    let norm = |s: &str| {
-        s.trim_start_matches("SHA256:")
-            .chars()
-            .filter(char::is_ascii_hexdigit)
-            .map(|c| c.to_ascii_lowercase())
-            .collect::<String>()
-    };
-    norm(a) == norm(b)
 }
 
 impl ServerCertVerifier for Verifier {

@@ -13,7 +13,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, Error};
 
-use crate::server::tls::signature_checks;
+use crate::tls::signature_checks;
 
 #[derive(Debug)]
 struct AnyServer(Arc<CryptoProvider>);
@@ -35,7 +35,7 @@ impl ServerCertVerifier for AnyServer {
 
 /// The configuration every benchmark connection uses.
 pub(super) fn config() -> Result<Arc<ClientConfig>, String> {
-    let provider = crate::server::tls::provider();
+    let provider = crate::tls::provider();
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?

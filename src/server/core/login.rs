@@ -40,7 +40,9 @@ pub(super) struct Login {
     /// Scope `account+ip`: per (username, address).
     pub by_ip: HashMap<(AccountId, IpAddr), LockState>,
     queue: VerifyQueue,
-    /// Peer certificate fingerprints of logins waiting for a verdict, by (key, serial).
+    /// Peer certificate fingerprints of logins waiting for a verdict, by (key, serial):
+    /// kept here rather than in `Gate::Verifying` so that every session does not grow
+    /// by a pointer for what only a login in progress needs.
     pending_keys: HashMap<(usize, u64), Box<str>>,
 }
 
