@@ -24,7 +24,9 @@ pub(crate) struct Account {
     /// Last time seen online (a logout; or a login when the server stopped), in Unix ms.
     pub last_seen: Option<u64>,
     /// While logged in: the fingerprint of the certificate its client presents to
-    /// peers (told at login), handed to whoever it is introduced to.
+    /// peers (told at login), handed to whoever it is introduced to. Kept here, not
+    /// beside the peer port in the session's `Active`, because the session is held to
+    /// its per-connection budget (see `an_idle_session_stays_small`).
     pub peer_key: Option<Box<str>>,
     pub ghost: bool,
 }
