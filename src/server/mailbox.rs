@@ -108,6 +108,11 @@ impl Mailbox {
         self.queue.push_front(m);
     }
 
+    /// The id of the oldest message.
+    pub(super) fn front_id(&self) -> Option<u64> {
+        self.queue.front().map(|m| m.id)
+    }
+
     /// The oldest message, to send.
     pub(super) fn pop_front(&mut self) -> Option<Stored> {
         let m = self.queue.pop_front()?;

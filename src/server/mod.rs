@@ -14,6 +14,7 @@
 //! - `verifier`: the threads that check password hashes off the loop.
 
 pub mod accounts;
+pub mod cluster;
 pub mod core;
 pub mod event_loop;
 pub(crate) mod flood;

@@ -69,6 +69,9 @@ pub(super) fn block(core: &mut Core, cx: Cx, user: &str) {
     let Some(whom) = target(core, cx, user) else {
         return;
     };
+    if core.cluster.is_some() && super::cluster::refuse_unless_healthy(core, cx.key) {
+        return;
+    }
     let changed = core.blocking.set(cx.account, whom, true);
     if changed {
         core.store.block(core.dir.name(cx.account), user, true);
@@ -81,6 +84,12 @@ pub(super) fn unblock(core: &mut Core, cx: Cx, user: &str) {
     let Some(whom) = target(core, cx, user) else {
         return;
     };
+    if core.blocking.has_blocked(cx.account, whom)
+        && core.cluster.is_some()
+        && super::cluster::refuse_unless_healthy(core, cx.key)
+    {
+        return;
+    }
     if !core.blocking.set(cx.account, whom, false) {
         return core.error(cx.key, ErrorCode::NotBlocked, user);
     }

@@ -28,7 +28,20 @@ pub(crate) struct Account {
     /// beside the peer port in the session's `Active`, because the session is held to
     /// its per-connection budget (see `an_idle_session_stays_small`).
     pub peer_key: Option<Box<str>>,
+    /// Cluster mode: logged in on another node (boxed: most accounts never are).
+    pub remote: Option<Box<Remote>>,
     pub ghost: bool,
+}
+
+/// Where a user logged in on another node is (cluster mode).
+#[derive(Debug)]
+pub(crate) struct Remote {
+    /// The node process's incarnation.
+    pub inc: u64,
+    /// The stream sequence of the login.
+    pub login: u64,
+    /// Position in `Directory::remote`.
+    pub pos: usize,
 }
 
 impl Account {
@@ -40,6 +53,7 @@ impl Account {
             online_pos: 0,
             last_seen: None,
             peer_key: None,
+            remote: None,
             ghost: false,
         }
     }
@@ -54,6 +68,8 @@ pub(crate) struct Directory {
     ghosts: HashMap<Box<str>, AccountId>,
     /// Logged-in accounts, unordered (swap-remove; `Account::online_pos` indexes it).
     online: Vec<AccountId>,
+    /// Cluster mode: accounts logged in on other nodes, unordered (`Remote::pos`).
+    remote: Vec<AccountId>,
 }
 
 impl Directory {
@@ -75,6 +91,7 @@ impl Directory {
             by_name,
             ghosts: HashMap::new(),
             online: Vec::new(),
+            remote: Vec::new(),
         }
     }
 
@@ -107,8 +124,43 @@ impl Directory {
             .map(|(i, a)| (i as AccountId, a))
     }
 
+    /// Accounts logged in on this node.
     pub(super) fn online(&self) -> &[AccountId] {
         &self.online
+    }
+
+    /// Accounts logged in on other nodes (cluster mode).
+    pub(super) fn remote_online(&self) -> &[AccountId] {
+        &self.remote
+    }
+
+    /// Whether `id` is logged in here or on another node.
+    pub(super) fn is_online(&self, id: AccountId) -> bool {
+        let a = &self.accounts[id as usize];
+        a.session.is_some() || a.remote.is_some()
+    }
+
+    /// `id` is logged in on another node.
+    pub(super) fn set_remote(&mut self, id: AccountId, mut r: Remote) {
+        if self.accounts[id as usize].remote.is_some() {
+            self.clear_remote(id);
+        }
+        r.pos = self.remote.len();
+        self.remote.push(id);
+        self.accounts[id as usize].remote = Some(Box::new(r));
+    }
+
+    /// `id` is no longer logged in on another node; returns where it was.
+    pub(super) fn clear_remote(&mut self, id: AccountId) -> Option<Box<Remote>> {
+        let r = self.accounts[id as usize].remote.take()?;
+        self.accounts[id as usize].peer_key = None;
+        self.remote.swap_remove(r.pos);
+        if let Some(&moved) = self.remote.get(r.pos)
+            && let Some(m) = self.accounts[moved as usize].remote.as_deref_mut()
+        {
+            m.pos = r.pos;
+        }
+        Some(r)
     }
 
     pub(super) fn set_online(&mut self, id: AccountId, key: usize) {

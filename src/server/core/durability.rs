@@ -9,6 +9,10 @@
 //! claims durability waits for the sequence number of the batch being built
 //! (`Durability::hold_seq`); the loop reports which batches are durable.
 //!
+//! In cluster mode the same typed methods publish records to the broker instead
+//! (`publish`, `take_ops`); a batch is then durable once the broker acknowledged all
+//! of its records.
+//!
 //! Also here: restoring the state a journal describes, and the snapshot a compaction
 //! writes.
 
@@ -17,7 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::warn;
 
+use super::cluster::Op;
 use super::{AccountId, Core, Stored};
+use crate::server::cluster::record::Rec;
 use crate::server::store::{self, Record, Recovered};
 
 /// Where durable changes go.
@@ -69,6 +75,11 @@ impl Store for JournalStore {
 
 pub(super) struct Durability {
     store: Box<dyn Store>,
+    /// Cluster mode: what this iteration asks of the broker (the batch's records and
+    /// the rest), and whether a reply waits for this batch even if it has no record.
+    ops: Vec<Op>,
+    clustered: bool,
+    wanted: bool,
     /// The number the batch being built gets when taken (the loop's writer numbers
     /// batches 1, 2, 3 ... in the order it receives them).
     next_seq: u64,
@@ -83,6 +94,9 @@ impl Durability {
     pub(super) fn new(store: Box<dyn Store>, now: Instant) -> Durability {
         Durability {
             store,
+            ops: Vec::new(),
+            clustered: false,
+            wanted: false,
             next_seq: 1,
             healthy: true,
             origin: now,
@@ -96,9 +110,39 @@ impl Durability {
         self.origin_wall.saturating_add(since as u64)
     }
 
+    /// Cluster mode: durable changes go to the broker (the store keeps nothing).
+    pub(super) fn set_clustered(&mut self) {
+        self.clustered = true;
+    }
+
     /// The batch a reply claiming the changes recorded so far must wait for.
-    pub(super) fn hold_seq(&self) -> Option<u64> {
+    pub(super) fn hold_seq(&mut self) -> Option<u64> {
+        if self.clustered {
+            self.wanted = true;
+            return Some(self.next_seq);
+        }
         self.store.is_durable().then_some(self.next_seq)
+    }
+
+    /// Cluster mode: appends a record to this iteration's batch.
+    pub(super) fn publish(&mut self, rec: Rec, expect: Option<u64>) {
+        self.ops.push(Op::Publish { rec, expect });
+    }
+
+    /// Cluster mode: asks the broker for something that is not stored.
+    pub(super) fn emit(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// Cluster mode: this iteration's batch, numbered like journal batches.
+    pub(super) fn take_ops(&mut self) -> Option<(u64, Vec<Op>)> {
+        if self.ops.is_empty() && !self.wanted {
+            return None;
+        }
+        self.wanted = false;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        Some((seq, std::mem::take(&mut self.ops)))
     }
 
     pub(super) fn take_batch(&mut self) -> Option<Vec<u8>> {
@@ -120,10 +164,18 @@ impl Durability {
     }
 
     pub(super) fn ack(&mut self, to: &str, upto: u64) {
+        if self.clustered {
+            let to = to.into();
+            return self.publish(Rec::Ack { to, upto }, None);
+        }
         self.store.record(Record::Ack { to, upto });
     }
 
     pub(super) fn block(&mut self, who: &str, whom: &str, on: bool) {
+        if self.clustered {
+            let (who, whom) = (who.into(), whom.into());
+            return self.publish(Rec::Block { who, whom, on }, None);
+        }
         self.store.record(if on {
             Record::Block { who, whom }
         } else {

@@ -163,7 +163,7 @@ pub(super) fn user(core: &mut Core, key: usize, name: &str, now: Instant) {
     if refuse_if_locked(core, key, id, ip, now) {
         return;
     }
-    if core.dir.locate(id).is_some() {
+    if core.dir.is_online(id) {
         info!("conn {key}: login refused from {ip} for user {name} (already online)");
         core.error(key, ErrorCode::AlreadyOnline, "");
         return core.close(key, CloseReason::LoginFailed, now);
@@ -258,7 +258,7 @@ pub(super) fn take_jobs(core: &mut Core, free: usize, now: Instant) -> Vec<Verif
         if refuse_if_locked(core, job.key, job.account, job.ip, now) {
             continue;
         }
-        if core.dir.locate(job.account).is_some() {
+        if core.dir.is_online(job.account) {
             core.error(job.key, ErrorCode::AlreadyOnline, "");
             core.close(job.key, CloseReason::LoginFailed, now);
             continue;
@@ -333,10 +333,14 @@ fn finish(
         }
     }
     let name = core.dir.name(id).to_owned();
-    if core.dir.locate(id).is_some() {
+    if core.dir.is_online(id) {
         info!("conn {key}: login refused from {ip} for user {name} (already online)");
         core.error(key, ErrorCode::AlreadyOnline, "");
         return core.close(key, CloseReason::LoginFailed, now);
+    }
+    if core.cluster.is_some() {
+        // The cluster decides: welcomed when the claim comes back from the stream.
+        return super::cluster::claim(core, key, id, port, peer_key, now);
     }
     // Success.
     let at = core.store.wall_ms(now);
@@ -368,6 +372,10 @@ fn failed(core: &mut Core, key: usize, id: AccountId, ip: IpAddr, now: Instant) 
     let name = core.dir.name(id).to_owned();
     core.stats.failed_logins += 1;
     info!("conn {key}: login failed from {ip} for user {name} (wrong password)");
+    if core.cluster.is_some() {
+        // Counted by every node in stream order; answered when it comes back.
+        return super::cluster::fail(core, key, id, now);
+    }
     let st = core.login.state(id, ip);
     st.failures += 1;
     st.last_failure = Some(now);
@@ -393,6 +401,45 @@ fn failed(core: &mut Core, key: usize, id: AccountId, ip: IpAddr, now: Instant) 
         frames::encode_error(out, ErrorCode::LockedNow, "")
     });
     core.close(key, CloseReason::LoginFailed, now);
+}
+
+/// Cluster mode: a wrong password from the stream, counted (per account, in stream
+/// order, on every node); returns whether it locked the account until `until`.
+pub(super) fn count_failure(core: &mut Core, id: AccountId, until: Instant, now: Instant) -> bool {
+    let st = core.login.by_account.get_mut(id);
+    st.failures += 1;
+    st.last_failure = Some(now);
+    if st.failures < 3 {
+        return false;
+    }
+    st.failures = 0;
+    st.locked_until = Some(until);
+    core.stats.lockouts += 1;
+    arm_lock_timer(core, id, None, until);
+    true
+}
+
+/// Cluster mode: the answer to a wrong password once the stream has counted it.
+pub(super) fn tell_failure(core: &mut Core, key: usize, id: AccountId, locked: bool, now: Instant) {
+    if locked {
+        warn!(
+            "user {}: locked for {:?} after 3 failed logins",
+            core.dir.name(id),
+            core.login.block_duration
+        );
+        core.error(key, ErrorCode::LockedNow, "");
+        return core.close(key, CloseReason::LoginFailed, now);
+    }
+    let failures = core.login.by_account.get(id).map_or(1, |st| st.failures);
+    let left = 3u8.saturating_sub(failures).to_string();
+    core.error(key, ErrorCode::BadPassword, &left);
+}
+
+/// Cluster mode: a login or logout ends a series of wrong passwords.
+pub(super) fn reset_failures(core: &mut Core, id: AccountId) {
+    if let Some(st) = core.login.by_account.get_mut_if_any(id) {
+        st.failures = 0;
+    }
 }
 
 /// `LOGOUT`: `+BYE` goes out once the logout (login history, journaled by the close

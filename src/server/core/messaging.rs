@@ -11,7 +11,7 @@
 use super::directory::PerAccount;
 use super::inflight::Inflight;
 use super::session::Phase;
-use super::{AccountId, Core, CoreConfig, Cx, Stored, blocking, presence};
+use super::{AccountId, Core, CoreConfig, Cx, Stored, blocking, cluster, presence};
 use crate::protocol::frames::{self, ErrorCode, Push, Reply};
 use crate::server::mailbox::{Caps, Mailbox};
 
@@ -63,6 +63,14 @@ pub(super) fn direct(core: &mut Core, cx: Cx, to: &str, text: &str) {
         core.stats.store_refused += 1;
         return core.error(cx.key, ErrorCode::StoreUnavailable, "");
     }
+    if core.cluster.is_some() {
+        let mailbox = core.messaging.mailboxes.get_mut(target);
+        if !mailbox.admits(cx.account, text.len(), core.messaging.caps) {
+            core.stats.mailbox_full += 1;
+            return core.error(cx.key, ErrorCode::MailboxFull, to);
+        }
+        return cluster::direct(core, cx, to, target, text);
+    }
     let tkey = core.dir.locate(target);
     let window = core.messaging.ack_window;
     let live = tkey.and_then(|k| core.sessions.get_mut(k).map(|s| (k, s)));
@@ -110,6 +118,9 @@ pub(super) fn direct(core: &mut Core, cx: Cx, to: &str, text: &str) {
 /// `BCAST <text>`: to every online user but the sender and those who blocked them
 /// (counted, for the "some recipients" notice). Never stored.
 pub(super) fn broadcast(core: &mut Core, cx: Cx, text: &str) {
+    if core.cluster.is_some() {
+        return cluster::broadcast(core, cx, text);
+    }
     // Encode once, copy to every recipient.
     let mut line = Vec::with_capacity(text.len() + 32);
     Push::Bcast {

@@ -16,7 +16,8 @@
 //! | `blocking` | block lists |
 //! | `private` | peer introductions and their tokens |
 //! | `timers` | the timer wheel and what each timer means |
-//! | `durability` | the [`Store`] seam: journal batches, restore, snapshot |
+//! | `durability` | the [`Store`] seam: journal batches, restore, snapshot; the broker's batches in cluster mode |
+//! | `cluster` | cluster mode: claims, the replica applied from the stream, remote introductions |
 //! | `stats` | counters |
 //!
 //! The boundary between the loop and the core, and the order of calls, is documented
@@ -33,6 +34,7 @@
 //! - a reply that claims durability goes out only once its journal batch is durable.
 
 mod blocking;
+mod cluster;
 mod directory;
 mod dispatch;
 pub mod durability;
@@ -46,6 +48,8 @@ pub(crate) mod session;
 mod stats;
 mod timers;
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 mod tests;
 
@@ -63,6 +67,7 @@ use super::store::Recovered;
 use super::verify_queue::VerifyJob;
 use crate::protocol::LineDecoder;
 use crate::protocol::frames::{self, ByeReason, ErrorCode, Push, Reply};
+pub use cluster::{IntroAnswer, Op};
 use directory::Directory;
 pub use durability::Store;
 use outbox::{Outbox, Output};
@@ -204,6 +209,8 @@ pub struct Core {
     private: private::Introductions,
     timers: Timers,
     store: durability::Durability,
+    /// Cluster mode (`None`: a single node).
+    cluster: Option<Box<cluster::Cluster>>,
     stats: Stats,
     /// Sessions closed since the last sweep.
     closing: Vec<usize>,
@@ -238,6 +245,7 @@ impl Core {
             timers: Timers::new(now),
             store: durability::Durability::new(store, now),
             dir: Directory::new(credentials),
+            cluster: None,
             sessions: Slab::new(),
             stats: Stats::default(),
             closing: Vec::new(),
@@ -251,6 +259,17 @@ impl Core {
     /// A core that keeps everything in memory (benches, tests).
     pub fn in_memory(credentials: Vec<Credential>, cfg: CoreConfig, now: Instant) -> Core {
         Core::new(credentials, cfg, Box::new(durability::InMemory), now)
+    }
+
+    /// Makes this core one node of a cluster: node `name`, this process's incarnation
+    /// `inc` (random per start). Shared state then comes from the stream
+    /// ([`Core::handle_cluster_record`]) and durable changes go to it
+    /// ([`Core::poll_cluster`]); lockouts are per account.
+    pub fn join_cluster(&mut self, name: &str, inc: u64) {
+        self.cluster = Some(Box::new(cluster::Cluster::new(name, inc)));
+        self.store.set_clustered();
+        self.cfg.lockout_scope = LockoutScope::Account;
+        self.login = login::Login::new(&self.cfg);
     }
 
     /// The configuration the core runs with.
@@ -370,6 +389,79 @@ impl Core {
         for key in keys {
             self.bye(key, ByeReason::Shutdown, CloseReason::Shutdown, now);
         }
+    }
+
+    /// Cluster mode: a record from the stream, with its stream sequence, in order.
+    pub fn handle_cluster_record(
+        &mut self,
+        seq: u64,
+        rec: crate::server::cluster::record::Rec,
+        now: Instant,
+    ) {
+        if self.cluster.is_some() {
+            cluster::apply(self, seq, rec, now);
+            self.reap_overflowed(now);
+        }
+    }
+
+    /// Cluster mode: the broker refused login claim `serial` because the user's last
+    /// record is no longer the one the claim expected; `current` is what is there now.
+    pub fn handle_claim_conflict(
+        &mut self,
+        serial: u64,
+        current: Option<(u64, crate::server::cluster::record::Rec)>,
+        now: Instant,
+    ) {
+        if self.cluster.is_some() {
+            cluster::claim_conflict(self, serial, current, now);
+        }
+    }
+
+    /// Cluster mode: a broadcast from some node (this one included).
+    pub fn handle_cluster_broadcast(&mut self, from: &str, text: &str, now: Instant) {
+        if self.cluster.is_some() {
+            cluster::broadcast_in(self, from, text);
+            self.reap_overflowed(now);
+        }
+    }
+
+    /// Cluster mode: another node asks to introduce `from` to this node's user `to`.
+    pub fn handle_intro_request(&mut self, from: &str, to: &str, key: &str) -> IntroAnswer {
+        if self.cluster.is_none() {
+            return IntroAnswer::Offline;
+        }
+        cluster::intro_request(self, from, to, key)
+    }
+
+    /// Cluster mode: the answer to introduction `id` ([`Op::Intro`]).
+    pub fn handle_intro_answer(&mut self, id: u64, answer: IntroAnswer, now: Instant) {
+        if self.cluster.is_some() {
+            cluster::intro_answer(self, id, answer, now);
+        }
+    }
+
+    /// Cluster mode: node incarnation `inc` stopped (no heartbeat): its users are
+    /// logged out.
+    pub fn handle_node_gone(&mut self, inc: u64, now: Instant) {
+        if self.cluster.is_some() {
+            cluster::node_gone(self, inc, now);
+        }
+    }
+
+    /// Cluster mode: the node incarnations that have users online, as this replica
+    /// knows (the broker connection watches their heartbeats).
+    pub fn cluster_incarnations(&self) -> Vec<(u64, Box<str>)> {
+        self.cluster
+            .as_deref()
+            .map(|c| c.incarnations().map(|(i, n)| (i, n.into())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Cluster mode: this iteration's batch for the broker, numbered like journal
+    /// batches (report it with [`Core::handle_durable`] once every record in it is
+    /// acknowledged).
+    pub fn poll_cluster(&mut self) -> Option<(u64, Vec<Op>)> {
+        self.store.take_ops()
     }
 
     /// Loads the state recovered from a journal: mailboxes, blocks, history, lockouts.
@@ -615,6 +707,9 @@ impl Core {
             // Never hashed for a connection that is gone.
             self.login.cancel(key, s.serial, account);
         }
+        if let (Gate::Cluster, Some(c)) = (s.gate, self.cluster.as_deref_mut()) {
+            c.cancel(s.serial);
+        }
         let phase = std::mem::replace(&mut s.phase, Phase::Closing);
         s.decoder = LineDecoder::default();
         self.outbox.mark_dirty(key, &mut s.output);
@@ -631,6 +726,10 @@ impl Core {
                 self.dir.set_offline(a.account, at);
                 self.store.logout(self.dir.name(a.account), at);
                 self.messaging.give_back(a.account, a.inflight);
+                if self.cluster.is_some() {
+                    // Announced everywhere when the logout comes back from the stream.
+                    return cluster::logged_out(self, a.account, at);
+                }
                 presence::announce(self, a.account, false);
             }
         }

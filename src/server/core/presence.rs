@@ -72,7 +72,7 @@ pub(super) fn who_else(core: &mut Core, cx: Cx, window: Option<Duration>) {
             if id == cx.account || a.ghost || core.blocking.has_blocked(id, cx.account) {
                 return false;
             }
-            if a.session.is_some() {
+            if a.session.is_some() || a.remote.is_some() {
                 return true;
             }
             matches!((since, a.last_seen), (Some(start), Some(seen)) if seen >= start)

@@ -33,7 +33,7 @@ impl Introductions {
 
     /// 128 bits, unpredictable to peers (SipHash keyed by the process's random keys
     /// over a counter), unique per introduction.
-    fn token(&mut self) -> String {
+    pub(super) fn token(&mut self) -> String {
         let mut out = String::with_capacity(32);
         for _ in 0..2 {
             self.counter += 1;
@@ -55,6 +55,12 @@ pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
         return core.error(cx.key, ErrorCode::BlockedBy, user);
     }
     let Some(tkey) = core.dir.locate(target) else {
+        if core.dir.get(target).remote.is_some() {
+            if take_intro_token(core, cx) {
+                super::cluster::introduce_remote(core, cx, user, target);
+            }
+            return;
+        }
         return core.error(cx.key, ErrorCode::Offline, user);
     };
     let Some((ip, port)) = core
@@ -67,11 +73,8 @@ pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
     let Some(port) = port else {
         return core.error(cx.key, ErrorCode::NoPeer, user);
     };
-    if let Some(a) = core.sessions.get_mut(cx.key).and_then(|s| s.active_mut())
-        && a.intros.take(RATE, cx.now).is_err()
-    {
-        info!("conn {}: too many private introductions, refused", cx.key);
-        return core.error(cx.key, ErrorCode::RateLimited, "");
+    if !take_intro_token(core, cx) {
+        return;
     }
     let token = core.private.token();
     let me: Box<str> = core.dir.name(cx.account).into();
@@ -102,4 +105,16 @@ pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
             key: &their_key,
         },
     );
+}
+
+/// Takes one of the caller's introduction tokens, or answers `-RATE_LIMITED`.
+fn take_intro_token(core: &mut Core, cx: Cx) -> bool {
+    if let Some(a) = core.sessions.get_mut(cx.key).and_then(|s| s.active_mut())
+        && a.intros.take(RATE, cx.now).is_err()
+    {
+        info!("conn {}: too many private introductions, refused", cx.key);
+        core.error(cx.key, ErrorCode::RateLimited, "");
+        return false;
+    }
+    true
 }

@@ -73,6 +73,9 @@ pub(crate) enum Gate {
     },
     /// Over the flood limit: resumes when a token is back.
     Throttled,
+    /// Cluster mode: waiting for the cluster's answer (a login claim, the count of a
+    /// wrong password, an introduction by another node).
+    Cluster,
 }
 
 /// The liveness check: a silent connection is pinged, and dropped if nothing answers.
