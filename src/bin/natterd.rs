@@ -130,6 +130,21 @@ struct Args {
     /// Log the counters this often with -v (e.g. `60s`; 0: only on SIGUSR1).
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     stats_interval: Duration,
+    /// Join a cluster of natterd nodes through NATS JetStream: one or more broker
+    /// URLs, `nats://[user:pass@]HOST:PORT`, comma-separated (tried in turn). State
+    /// lives in the broker's stream instead of the local journal.
+    #[arg(long, value_name = "URLS", requires = "node")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (unique; letters, digits, `-`, `_`).
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
+    /// Replication factor of the stream when this node creates it (3 on a three-server
+    /// NATS cluster; an existing stream is used as it is).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    cluster_replicas: u8,
+    /// Name of the JetStream stream (several clusters may share one broker).
+    #[arg(long, default_value = "NATTER")]
+    cluster_stream: String,
     /// More logging: -v logins and limits, -vv connections (default: warnings only, or RUST_LOG).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -299,6 +314,37 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    let cluster = match (&args.cluster, &args.node) {
+        (Some(urls), Some(node)) => {
+            let urls = match server::cluster::parse_urls(urls) {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("natterd: error: --cluster: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if !server::cluster::valid_node_name(node) {
+                eprintln!("natterd: error: --node: use letters, digits, `-` and `_` (at most 64)");
+                return ExitCode::from(2);
+            }
+            if !server::cluster::valid_node_name(&args.cluster_stream) {
+                eprintln!("natterd: error: --cluster-stream: use letters, digits, `-` and `_`");
+                return ExitCode::from(2);
+            }
+            if args.lockout_scope != LockoutScope::Account {
+                eprintln!("natterd: error: a cluster counts lockouts per account only");
+                return ExitCode::from(2);
+            }
+            Some(server::cluster::ClusterConfig {
+                urls,
+                node: node.clone(),
+                replicas: args.cluster_replicas,
+                stream: args.cluster_stream.clone(),
+            })
+        }
+        _ => None,
+    };
+
     // Every connection is a file descriptor: take all the kernel allows us.
     let fd_limit = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => n,
@@ -337,6 +383,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let cfg = Config {
+        cluster,
         tls,
         allow_plaintext: args.allow_plaintext,
         treat_as_remote: args.treat_as_remote.clone(),

@@ -43,6 +43,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::accounts::{self, Credential};
+use super::cluster::{Broker, ClusterConfig};
 use super::core::durability::{InMemory, JournalStore, Store};
 use super::core::{CloseReason, Core, CoreConfig};
 use super::flood::{Rate, TokenBucket};
@@ -84,6 +85,11 @@ const LISTENER: Token = Token(usize::MAX);
 /// Woken by the journal writer (durable batches) and the verifier threads (verdicts).
 const WAKER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The broker connection (cluster mode).
+const BROKER: Token = Token(usize::MAX - 3);
+
+/// How long a cluster node waits at start for the broker and the replica's catch-up.
+const CLUSTER_START: Duration = Duration::from_secs(20);
 
 /// How long a graceful shutdown waits for clients to take their last bytes.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -126,6 +132,9 @@ pub struct Config {
     /// Loopback addresses to treat as remote for the plain-text rule (for tests that
     /// have no second host).
     pub treat_as_remote: Vec<IpAddr>,
+    /// Cluster mode: the broker and this node's name (`None`: a single node with its
+    /// own journal).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Per-address connection limits (0 disables one).
@@ -178,6 +187,8 @@ pub enum RunError {
     Store(StoreError),
     /// The TLS certificate could not be loaded or made.
     Tls(String),
+    /// Cluster mode: the broker could not be reached or set up at start.
+    Broker(String),
 }
 
 impl std::fmt::Display for RunError {
@@ -187,6 +198,7 @@ impl std::fmt::Display for RunError {
             RunError::Poll(e) => write!(f, "event loop failed: {e}"),
             RunError::Store(e) => write!(f, "cannot open the store: {e}"),
             RunError::Tls(e) => write!(f, "cannot set up TLS: {e}"),
+            RunError::Broker(e) => write!(f, "cannot join the cluster: {e}"),
         }
     }
 }
@@ -201,6 +213,8 @@ pub struct Server {
     /// Every connection's socket, keyed like the core's sessions.
     conns: Slab<Conn>,
     journal: Option<Journal>,
+    /// Cluster mode: the broker connection (instead of the journal).
+    broker: Option<Broker>,
     /// The last durable batch the core was told about.
     durable: u64,
     max_connections: usize,
@@ -235,7 +249,7 @@ pub struct Server {
 impl Server {
     /// Binds the listener and opens the store (replaying the journal); does not serve yet.
     pub fn bind(cfg: Config, credentials: Vec<Credential>) -> Result<Server, RunError> {
-        let poll = Poll::new().map_err(RunError::Poll)?;
+        let mut poll = Poll::new().map_err(RunError::Poll)?;
         let mut listener = TcpListener::bind(cfg.addr).map_err(|e| RunError::Bind(cfg.addr, e))?;
         // mio listens with a backlog of 1024; a reconnect storm after a restart wants
         // the kernel's maximum (`net.core.somaxconn`), or SYNs are dropped and clients
@@ -265,12 +279,17 @@ impl Server {
             }
         };
         let tls = tls::load(&cfg.tls).map_err(RunError::Tls)?;
-        let store: Box<dyn Store> = match &cfg.store.dir {
-            None => Box::new(InMemory),
-            Some(_) => Box::new(JournalStore::default()),
+        let store: Box<dyn Store> = match (&cfg.store.dir, &cfg.cluster) {
+            (Some(_), None) => Box::new(JournalStore::default()),
+            _ => Box::new(InMemory),
         };
         let mut core = Core::new(credentials, cfg.core, store, now);
+        let broker = match cfg.cluster {
+            None => None,
+            Some(cc) => Some(join_cluster(&mut poll, &mut core, cc, now)?),
+        };
         let journal = match &cfg.store.dir {
+            _ if broker.is_some() => None,
             None => None,
             Some(dir) => {
                 let (data, recovered) = DataDir::open(dir).map_err(RunError::Store)?;
@@ -292,6 +311,7 @@ impl Server {
             core,
             conns: Slab::new(),
             journal,
+            broker,
             durable: 0,
             max_connections: cfg.max_connections.max(1),
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
@@ -350,6 +370,7 @@ impl Server {
                     LISTENER => self.accept_ready = true,
                     WAKER => self.take_verdicts(now),
                     SIGNALS => self.on_signals(now),
+                    BROKER => self.broker_ready(now),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.read(key, now);
@@ -437,6 +458,7 @@ impl Server {
             self.accept_retry_at,
             quiet,
             self.next_stats,
+            self.broker.as_ref().and_then(Broker::next_deadline),
         ]
         .into_iter()
         .flatten()
@@ -447,6 +469,9 @@ impl Server {
     /// Submits this iteration's journal batch and releases output held for batches
     /// that became durable.
     fn commit(&mut self, now: Instant) {
+        if let Some(b) = &mut self.broker {
+            return b.commit(self.poll.registry(), &mut self.core, now);
+        }
         let Some(journal) = &mut self.journal else {
             return;
         };
@@ -464,6 +489,13 @@ impl Server {
             self.core.handle_durable(durable);
         }
         self.core.handle_store_health(journal.healthy());
+    }
+
+    /// The broker's socket is ready (cluster mode).
+    fn broker_ready(&mut self, now: Instant) {
+        if let Some(b) = &mut self.broker {
+            b.on_event(self.poll.registry(), &mut self.core, now);
+        }
     }
 
     fn read(&mut self, key: usize, now: Instant) {
@@ -805,13 +837,18 @@ impl Server {
             self.commit(now);
             self.flush(now);
             self.sweep();
-            if self.conns.is_empty() || now >= start + SHUTDOWN_GRACE {
+            // A cluster node waits for the broker to take the logouts it published.
+            let unacked = self.broker.as_ref().map_or(0, Broker::unacknowledged);
+            if (self.conns.is_empty() && unacked == 0) || now >= start + SHUTDOWN_GRACE {
                 break;
             }
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(20)))
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 return Err(RunError::Poll(e));
+            }
+            if events.iter().any(|e| e.token() == BROKER) {
+                self.broker_ready(Instant::now());
             }
         }
         if let Some(journal) = self.journal.take() {
@@ -880,6 +917,59 @@ impl Server {
         }
         // At the connection limit: stay ready, and resume when a connection closes.
     }
+}
+
+/// Cluster mode: connects to the broker and applies the whole stream before the node
+/// serves anyone (bounded by [`CLUSTER_START`]).
+fn join_cluster(
+    poll: &mut Poll,
+    core: &mut Core,
+    cc: ClusterConfig,
+    now: Instant,
+) -> Result<Broker, RunError> {
+    let inc = incarnation();
+    core.join_cluster(&cc.node, inc);
+    info!("joining the cluster as node {} (incarnation {inc:016x})", cc.node);
+    let urls: Vec<String> = cc.urls.iter().map(|u| u.addr.clone()).collect();
+    let mut broker = Broker::new(cc, inc, BROKER, now);
+    let deadline = now + CLUSTER_START;
+    let mut events = Events::with_capacity(64);
+    loop {
+        let now = Instant::now();
+        broker.commit(poll.registry(), core, now);
+        if broker.caught_up() {
+            info!("replica caught up at stream sequence {}", broker.applied());
+            return Ok(broker);
+        }
+        if now >= deadline {
+            return Err(RunError::Broker(format!(
+                "no JetStream broker ready at {} within {CLUSTER_START:?}",
+                urls.join(", ")
+            )));
+        }
+        let wait = broker
+            .next_deadline()
+            .map_or(Duration::from_millis(50), |t| t.saturating_duration_since(now))
+            .min(Duration::from_millis(50));
+        if let Err(e) = poll.poll(&mut events, Some(wait))
+            && e.kind() != io::ErrorKind::Interrupted
+        {
+            return Err(RunError::Poll(e));
+        }
+        if events.iter().any(|e| e.token() == BROKER) {
+            broker.on_event(poll.registry(), core, Instant::now());
+        }
+    }
+}
+
+/// A random number for this process's run of a node: records and heartbeats carry it,
+/// so a restarted node is told apart from its previous run.
+fn incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    h.finish() | 1
 }
 
 /// Binds and runs; `on_listening` gets the bound address and the TLS certificate's

@@ -1,3 +1,997 @@
 //! Cluster mode's broker connection: NATS with JetStream, one more socket on the loop.
+//!
+//! [`Broker`] is the client side of the NATS protocol ([`nats`]) and of the JetStream
+//! JSON API, driven by the event loop like any other socket (no thread, no async
+//! runtime): it hands the core's batches to the broker and the broker's answers to the
+//! core. What it keeps:
+//!
+//! - **Publishes not yet acknowledged**, each with a `Nats-Msg-Id` (node incarnation
+//!   and a counter): they are sent again after a reconnect, and the broker's duplicate
+//!   window makes a publish that did land count once. A batch is reported durable
+//!   ([`Core::handle_durable`]) once every publish in it and before it is acknowledged.
+//! - **The stream consumer**: an ephemeral push consumer with no acks, delivering every
+//!   record from the last one applied (all of them at start: that is the replica's
+//!   restore), checked for gaps by its consumer sequence (a gap makes a new one).
+//! - **Heartbeats**: every node says `natter.c.hb <node> <incarnation>` every second;
+//!   an incarnation with users online that has not been heard for [`DEAD_AFTER`] is
+//!   reported gone ([`Core::handle_node_gone`]); an older incarnation of this node's
+//!   own name at once.
+//! - **Purges**: acknowledged messages are purged from the stream (per recipient,
+//!   at most once a second), so the stream holds what is still undelivered plus the
+//!   latest record of each other subject.
+//!
+//! While the connection is down the core is told the store is unavailable
+//! (new messages are refused as on a full disk), and the connection is made again with
+//! a backoff, trying each configured URL in turn.
 
+pub mod nats;
 pub mod record;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use serde_json::{Value, json};
+
+use self::nats::{Event, Msg};
+use self::record::Rec;
+use crate::server::core::{Core, IntroAnswer, Op};
+
+/// How often a node says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Silence after which a node incarnation is presumed gone and its users logged out.
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// How long an introduction asked of another node may take.
+const INTRO_TIMEOUT: Duration = Duration::from_secs(3);
+/// Silence from the broker (which echoes our own heartbeats) after which the
+/// connection is presumed dead and made again.
+const BROKER_SILENCE: Duration = Duration::from_secs(6);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Output queued for the broker beyond which new messages are refused until it drains.
+const MAX_QUEUED: usize = 32 << 20;
+
+/// Subscription ids.
+const SID_INBOX: u64 = 1;
+const SID_HEARTBEAT: u64 = 2;
+const SID_BROADCAST: u64 = 3;
+const SID_INTRO: u64 = 4;
+/// The consumer's deliveries: this plus its generation.
+const SID_CONSUMER: u64 = 100;
+
+/// JetStream's "wrong last sequence" (a compare-and-set that lost).
+const ERR_WRONG_LAST_SEQUENCE: u64 = 10071;
+/// JetStream's "stream name already in use" (with another configuration).
+const ERR_STREAM_NAME_IN_USE: u64 = 10058;
+
+/// One broker address, from `nats://[user:pass@|token@]host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// `host:port`.
+    pub addr: String,
+    /// User and password, if given.
+    pub user: Option<(String, String)>,
+    /// Token, if given.
+    pub token: Option<String>,
+}
+
+/// Parses `--cluster`: one or more `nats://` URLs separated by commas.
+pub fn parse_urls(s: &str) -> Result<Vec<BrokerUrl>, String> {
+    let mut urls = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let rest = part
+            .strip_prefix("nats://")
+            .ok_or_else(|| format!("{part}: a broker URL starts with nats://"))?;
+        let (auth, host) = match rest.rsplit_once('@') {
+            Some((a, h)) => (Some(a), h),
+            None => (None, rest),
+        };
+        let host = host.trim_end_matches('/');
+        let addr = if host.contains(':') && !host.ends_with(']') {
+            host.to_string()
+        } else {
+            format!("{host}:4222")
+        };
+        if addr.starts_with(':') {
+            return Err(format!("{part}: no host"));
+        }
+        let (user, token) = match auth {
+            None => (None, None),
+            Some(a) => match a.split_once(':') {
+                Some((u, p)) => (Some((u.to_string(), p.to_string())), None),
+                None => (None, Some(a.to_string())),
+            },
+        };
+        urls.push(BrokerUrl { addr, user, token });
+    }
+    if urls.is_empty() {
+        return Err("no broker URL given".into());
+    }
+    Ok(urls)
+}
+
+/// What cluster mode needs to run.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The brokers to try, in turn.
+    pub urls: Vec<BrokerUrl>,
+    /// This node's name (unique in the cluster; letters, digits, `-`, `_`).
+    pub node: String,
+    /// The stream's replication factor when this node creates it.
+    pub replicas: u8,
+    /// The stream's name.
+    pub stream: String,
+}
+
+/// Whether a node name can be used as a subject token.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// No connection; the next attempt is at `retry_at`.
+    Down,
+    /// TCP connecting.
+    Connecting,
+    /// Waiting for `INFO`, then for the `PONG` that confirms `CONNECT`.
+    Handshake,
+    /// Creating the stream and the consumer.
+    Setup,
+    /// Serving.
+    Ready,
+}
+
+/// A publish not yet acknowledged.
+struct Pub {
+    batch: u64,
+    subject: String,
+    payload: Vec<u8>,
+    expect: Option<u64>,
+    rollup: bool,
+    /// The login claim it carries (a lost compare-and-set is reported for it).
+    claim: Option<u64>,
+    sent: bool,
+}
+
+/// The connection to the broker and everything waiting on it.
+pub struct Broker {
+    cfg: ClusterConfig,
+    inc: u64,
+    token: Token,
+    conn: Option<TcpStream>,
+    state: State,
+    parser: nats::Parser,
+    out: Vec<u8>,
+    write_interest: bool,
+    url_index: usize,
+    retry_at: Option<Instant>,
+    connect_deadline: Option<Instant>,
+    backoff: Duration,
+    ready_since: Option<Instant>,
+    last_rx: Instant,
+    /// Publishes not yet acknowledged, by id (also their `Nats-Msg-Id`).
+    pubs: BTreeMap<u64, Pub>,
+    next_id: u64,
+    /// Batches taken from the core and the publishes of each still unacknowledged.
+    outstanding: BTreeMap<u64, u32>,
+    durable: u64,
+    /// Publishes failed with an error the broker may get over: retried then.
+    retry_pubs_at: Option<Instant>,
+    failing: bool,
+    /// Direct gets in flight for lost claims: request id -> claim serial.
+    gets: HashMap<u64, u64>,
+    /// Introductions asked of other nodes: request id -> (core's id, deadline).
+    intros: HashMap<u64, (u64, Instant)>,
+    /// The consumer's generation (its deliver subject and sid), and progress.
+    generation: u64,
+    applied: u64,
+    consumer_seq: u64,
+    caught_up: bool,
+    heard: HashMap<u64, Instant>,
+    reported: HashMap<u64, Instant>,
+    next_beat: Instant,
+    /// Recipients whose acknowledged messages can be purged: below this sequence.
+    purges: HashMap<Box<str>, u64>,
+    next_purge: Instant,
+    told_healthy: Option<bool>,
+}
+
+impl Broker {
+    /// A broker connection for this node (incarnation `inc`), not connected yet.
+    pub fn new(cfg: ClusterConfig, inc: u64, token: Token, now: Instant) -> Broker {
+        Broker {
+            cfg,
+            inc,
+            token,
+            conn: None,
+            state: State::Down,
+            parser: nats::Parser::default(),
+            out: Vec::new(),
+            write_interest: false,
+            url_index: 0,
+            retry_at: Some(now),
+            connect_deadline: None,
+            backoff: BACKOFF_MIN,
+            ready_since: None,
+            last_rx: now,
+            pubs: BTreeMap::new(),
+            next_id: 1,
+            outstanding: BTreeMap::new(),
+            durable: 0,
+            retry_pubs_at: None,
+            failing: false,
+            gets: HashMap::new(),
+            intros: HashMap::new(),
+            generation: 0,
+            applied: 0,
+            consumer_seq: 0,
+            caught_up: false,
+            heard: HashMap::new(),
+            reported: HashMap::new(),
+            next_beat: now,
+            purges: HashMap::new(),
+            next_purge: now,
+            told_healthy: None,
+        }
+    }
+
+    /// Connected, set up, and the replica has applied every record the stream had
+    /// when the consumer was made (the node may serve logins).
+    pub fn caught_up(&self) -> bool {
+        self.state == State::Ready && self.caught_up
+    }
+
+    /// Publishes not yet acknowledged.
+    pub fn unacknowledged(&self) -> usize {
+        self.pubs.len()
+    }
+
+    /// The last stream sequence applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    fn inbox(&self, kind: char, id: u64) -> String {
+        format!("_INBOX.{:016x}.{kind}.{id}", self.inc)
+    }
+
+    fn api(&self, what: &str) -> String {
+        format!("$JS.API.{what}.{}", self.cfg.stream)
+    }
+
+    // ---- the socket ---------------------------------------------------------------
+
+    fn connect(&mut self, registry: &Registry, now: Instant) {
+        let url = &self.cfg.urls[self.url_index % self.cfg.urls.len()];
+        self.url_index += 1;
+        let addr: Option<SocketAddr> = url.addr.to_socket_addrs().ok().and_then(|mut a| a.next());
+        let Some(addr) = addr else {
+            warn!("broker {}: cannot resolve the address", url.addr);
+            return self.schedule_retry(now);
+        };
+        match TcpStream::connect(addr) {
+            Ok(mut s) => {
+                if let Err(e) = registry.register(&mut s, self.token, Interest::READABLE | Interest::WRITABLE) {
+                    warn!("broker {addr}: register failed: {e}");
+                    return self.schedule_retry(now);
+                }
+                let _ = s.set_nodelay(true);
+                debug!("broker {addr}: connecting");
+                self.conn = Some(s);
+                self.write_interest = true;
+                self.state = State::Connecting;
+                self.connect_deadline = Some(now + CONNECT_TIMEOUT);
+                self.retry_at = None;
+                self.parser.reset();
+                self.out.clear();
+                self.last_rx = now;
+            }
+            Err(e) => {
+                warn!("broker {addr}: cannot connect: {e}");
+                self.schedule_retry(now);
+            }
+        }
+    }
+
+    fn schedule_retry(&mut self, now: Instant) {
+        self.retry_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Drops the connection (it is made again after the backoff).
+    fn disconnect(&mut self, registry: &Registry, why: &str, now: Instant) {
+        if let Some(mut s) = self.conn.take() {
+            let _ = registry.deregister(&mut s);
+        }
+        if self.state == State::Ready {
+            warn!("broker connection lost: {why}; reconnecting");
+        } else {
+            warn!("broker connection failed: {why}");
+        }
+        self.state = State::Down;
+        self.ready_since = None;
+        self.connect_deadline = None;
+        self.out.clear();
+        self.gets.clear();
+        for p in self.pubs.values_mut() {
+            p.sent = false;
+        }
+        self.schedule_retry(now);
+    }
+
+    /// The socket is ready: reads everything there is, handing it to the core.
+    pub fn on_event(&mut self, registry: &Registry, core: &mut Core, now: Instant) {
+        if self.state == State::Connecting {
+            let Some(s) = &self.conn else { return };
+            match (s.take_error(), s.peer_addr()) {
+                (Ok(None), Ok(_)) => {
+                    self.state = State::Handshake;
+                    self.connect_deadline = Some(now + CONNECT_TIMEOUT);
+                }
+                (Ok(Some(e)) | Err(e), _) => return self.disconnect(registry, &e.to_string(), now),
+                (_, Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
+                (_, Err(e)) => return self.disconnect(registry, &e.to_string(), now),
+            }
+        }
+        let mut buf = [0u8; 64 * 1024];
+        let mut budget: usize = 4 << 20;
+        loop {
+            let Some(s) = &mut self.conn else { return };
+            match s.read(&mut buf) {
+                Ok(0) => return self.disconnect(registry, "closed by the broker", now),
+                Ok(n) => {
+                    self.last_rx = now;
+                    let mut parser = std::mem::take(&mut self.parser);
+                    let result = parser.feed(&buf[..n], |e| self.on_nats(core, e, now));
+                    self.parser = parser;
+                    if let Err(e) = result {
+                        return self.disconnect(registry, &format!("protocol error: {}", e.0), now);
+                    }
+                    if self.conn.is_none() {
+                        return;
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.disconnect(registry, &e.to_string(), now),
+            }
+        }
+        if self.state == State::Down {
+            self.disconnect(registry, "refused by the broker", now);
+        }
+    }
+
+    fn flush(&mut self, registry: &Registry, now: Instant) {
+        let Some(s) = &mut self.conn else { return };
+        if self.state == State::Connecting {
+            return;
+        }
+        let mut written = 0;
+        while written < self.out.len() {
+            match s.write(&self.out[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.out.drain(..written);
+                    return self.disconnect(registry, &e.to_string(), now);
+                }
+            }
+        }
+        self.out.drain(..written);
+        let want = !self.out.is_empty();
+        if want != self.write_interest {
+            let interest = if want {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if registry.reregister(s, self.token, interest).is_ok() {
+                self.write_interest = want;
+            }
+        }
+        if self.out.is_empty() && self.out.capacity() > 1 << 20 {
+            self.out.shrink_to(64 * 1024);
+        }
+    }
+
+    // ---- what the broker says -------------------------------------------------------
+
+    fn on_nats(&mut self, core: &mut Core, e: Event<'_>, now: Instant) {
+        match e {
+            Event::Ping => self.out.extend_from_slice(b"PONG\r\n"),
+            Event::Pong if self.state == State::Handshake => self.setup(),
+            Event::Pong | Event::Ok => {}
+            Event::Info(_) if self.state == State::Handshake => self.send_connect(),
+            Event::Info(_) => {}
+            Event::Err(text) => {
+                error!("broker says: {text}");
+                let lower = text.to_ascii_lowercase();
+                if self.state != State::Ready || lower.contains("authorization") || lower.contains("slow consumer") {
+                    // Fatal for this connection: made again after the backoff.
+                    self.state = State::Down;
+                }
+            }
+            Event::Msg(m) => self.on_msg(core, m, now),
+        }
+    }
+
+    fn send_connect(&mut self) {
+        let url = &self.cfg.urls[(self.url_index + self.cfg.urls.len() - 1) % self.cfg.urls.len()];
+        let mut c = json!({
+            "verbose": false,
+            "pedantic": false,
+            "lang": "rust",
+            "version": env!("CARGO_PKG_VERSION"),
+            "name": format!("natterd {}", self.cfg.node),
+            "protocol": 1,
+            "headers": true,
+            "no_responders": true,
+            "echo": true,
+        });
+        if let Some((u, p)) = &url.user {
+            c["user"] = json!(u);
+            c["pass"] = json!(p);
+        }
+        if let Some(t) = &url.token {
+            c["auth_token"] = json!(t);
+        }
+        self.out.extend_from_slice(format!("CONNECT {c}\r\nPING\r\n").as_bytes());
+    }
+
+    /// Connected: subscribes and creates the stream (then the consumer).
+    fn setup(&mut self) {
+        self.state = State::Setup;
+        self.connect_deadline = None;
+        let inbox = format!("_INBOX.{:016x}.>", self.inc);
+        nats::sub(&mut self.out, &inbox, SID_INBOX);
+        nats::sub(&mut self.out, "natter.c.hb", SID_HEARTBEAT);
+        nats::sub(&mut self.out, "natter.c.bcast", SID_BROADCAST);
+        nats::sub(&mut self.out, &format!("natter.c.intro.{:016x}", self.inc), SID_INTRO);
+        self.create_stream();
+    }
+
+    fn create_stream(&mut self) {
+        let cfg = json!({
+            "name": self.cfg.stream,
+            "subjects": [record::STREAM_SUBJECTS],
+            "retention": "limits",
+            "storage": "file",
+            "num_replicas": self.cfg.replicas,
+            "discard": "new",
+            "allow_rollup_hdrs": true,
+            "allow_direct": true,
+            "duplicate_window": 120_000_000_000u64,
+        });
+        let subject = self.api("STREAM.CREATE");
+        let reply = self.inbox('s', 1);
+        nats::publish(&mut self.out, &subject, Some(&reply), cfg.to_string().as_bytes());
+    }
+
+    /// A new consumer from the record after the last applied one.
+    fn create_consumer(&mut self) {
+        if self.generation > 0 {
+            nats::unsub(&mut self.out, SID_CONSUMER + self.generation);
+        }
+        self.generation += 1;
+        self.consumer_seq = 0;
+        let deliver = format!("natter.d.{:016x}.{}", self.inc, self.generation);
+        nats::sub(&mut self.out, &deliver, SID_CONSUMER + self.generation);
+        let mut config = json!({
+            "deliver_subject": deliver,
+            "ack_policy": "none",
+            "replay_policy": "instant",
+            "inactive_threshold": 10_000_000_000u64,
+            "mem_storage": true,
+            "num_replicas": 1,
+        });
+        if self.applied == 0 {
+            config["deliver_policy"] = json!("all");
+        } else {
+            config["deliver_policy"] = json!("by_start_sequence");
+            config["opt_start_seq"] = json!(self.applied + 1);
+        }
+        let body = json!({"stream_name": self.cfg.stream, "config": config});
+        let subject = self.api("CONSUMER.CREATE");
+        let reply = self.inbox('s', 2);
+        nats::publish(&mut self.out, &subject, Some(&reply), body.to_string().as_bytes());
+    }
+
+    fn on_msg(&mut self, core: &mut Core, m: Msg<'_>, now: Instant) {
+        match m.sid {
+            SID_INBOX => self.on_reply(core, m, now),
+            SID_HEARTBEAT => {
+                let text = String::from_utf8_lossy(m.payload);
+                let mut f = text.split(' ');
+                if let (Some(_), Some(inc)) = (f.next(), f.next().and_then(|i| u64::from_str_radix(i, 16).ok())) {
+                    self.heard.insert(inc, now);
+                }
+            }
+            SID_BROADCAST => {
+                if let Some((from, text)) = std::str::from_utf8(m.payload).ok().and_then(|p| p.split_once(' ')) {
+                    core.handle_cluster_broadcast(from, text, now);
+                }
+            }
+            SID_INTRO => {
+                let Some(reply) = m.reply else { return };
+                let answer = match std::str::from_utf8(m.payload).ok().map(|p| p.split(' ').collect::<Vec<_>>()) {
+                    Some(f) if f.len() == 3 => {
+                        let key = if f[2] == "-" { "" } else { f[2] };
+                        core.handle_intro_request(f[0], f[1], key)
+                    }
+                    _ => IntroAnswer::Offline,
+                };
+                nats::publish(&mut self.out, reply, None, encode_answer(&answer).as_bytes());
+            }
+            sid if sid == SID_CONSUMER + self.generation => self.on_record(core, m, now),
+            _ => {}
+        }
+    }
+
+    /// A record from the consumer.
+    fn on_record(&mut self, core: &mut Core, m: Msg<'_>, now: Instant) {
+        if m.status().is_some() {
+            return;
+        }
+        let Some((sseq, cseq, pending)) = m.reply.and_then(ack_numbers) else {
+            return;
+        };
+        if cseq != self.consumer_seq + 1 {
+            warn!(
+                "stream consumer skipped from {} to {cseq}: making a new one from {}",
+                self.consumer_seq,
+                self.applied + 1
+            );
+            return self.create_consumer();
+        }
+        self.consumer_seq = cseq;
+        if pending == 0 {
+            self.caught_up = true;
+        }
+        if sseq <= self.applied {
+            return;
+        }
+        self.applied = sseq;
+        match Rec::parse(m.subject, m.payload) {
+            Some(rec) => core.handle_cluster_record(sseq, rec, now),
+            None => warn!("stream record {sseq} on {} is not ours; skipped", m.subject),
+        }
+    }
+
+    /// An answer on our inbox: a publish acknowledgement, a direct get, an
+    /// introduction, or a set-up step.
+    fn on_reply(&mut self, core: &mut Core, m: Msg<'_>, now: Instant) {
+        let mut tail = m.subject.rsplitn(3, '.');
+        let (Some(id), Some(kind)) = (tail.next().and_then(|i| i.parse::<u64>().ok()), tail.next()) else {
+            return;
+        };
+        match kind {
+            "p" => self.on_pub_ack(core, id, &m, now),
+            "g" => {
+                let Some(serial) = self.gets.remove(&id) else { return };
+                let current = match (m.status(), m.header("Nats-Sequence"), m.header("Nats-Subject")) {
+                    (None, Some(seq), Some(subject)) => seq
+                        .parse::<u64>()
+                        .ok()
+                        .and_then(|seq| Some((seq, Rec::parse(subject, m.payload)?))),
+                    _ => None,
+                };
+                core.handle_claim_conflict(serial, current, now);
+            }
+            "i" => {
+                let Some((cid, _)) = self.intros.remove(&id) else { return };
+                let answer = if m.status().is_some() {
+                    IntroAnswer::Offline
+                } else {
+                    decode_answer(m.payload)
+                };
+                core.handle_intro_answer(cid, answer, now);
+            }
+            "s" => self.on_setup_reply(id, &m, now),
+            _ => {}
+        }
+    }
+
+    fn on_setup_reply(&mut self, step: u64, m: &Msg<'_>, now: Instant) {
+        let v: Value = serde_json::from_slice(m.payload).unwrap_or(Value::Null);
+        let err = v.get("error");
+        let code = err.and_then(|e| e.get("err_code")).and_then(Value::as_u64);
+        match step {
+            1 => {
+                if m.status() == Some(503) {
+                    error!("the broker has no JetStream (start nats-server with -js)");
+                    self.state = State::Down;
+                    return;
+                }
+                match (err, code) {
+                    (None, _) => {}
+                    (Some(_), Some(ERR_STREAM_NAME_IN_USE)) => {
+                        warn!("stream {} exists with another configuration; using it as it is", self.cfg.stream);
+                    }
+                    (Some(e), _) => {
+                        error!("cannot create stream {}: {e}", self.cfg.stream);
+                        self.state = State::Down;
+                        return;
+                    }
+                }
+                self.create_consumer();
+            }
+            2 => {
+                if let Some(e) = err {
+                    error!("cannot create the stream consumer: {e}");
+                    self.state = State::Down;
+                    return;
+                }
+                let pending = v.get("num_pending").and_then(Value::as_u64).unwrap_or(0);
+                if pending == 0 {
+                    self.caught_up = true;
+                }
+                if self.state == State::Setup {
+                    info!(
+                        "broker ready (node {}, stream {}, {pending} records to apply)",
+                        self.cfg.node, self.cfg.stream
+                    );
+                    self.state = State::Ready;
+                    self.ready_since = Some(now);
+                    self.backoff = BACKOFF_MIN;
+                    self.send_pubs();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_pub_ack(&mut self, core: &mut Core, id: u64, m: &Msg<'_>, now: Instant) {
+        if m.status() == Some(503) {
+            // No stream to take it (the broker lost its storage, or JetStream is
+            // starting): set the stream up again and send everything again.
+            warn!("publish not taken by the broker (no responders); setting the stream up again");
+            if let Some(p) = self.pubs.get_mut(&id) {
+                p.sent = false;
+            }
+            self.retry_pubs_at = Some(now + BACKOFF_MAX);
+            if self.state == State::Ready {
+                self.create_stream_again();
+            }
+            return;
+        }
+        let v: Value = serde_json::from_slice(m.payload).unwrap_or(Value::Null);
+        let err = v.get("error");
+        let code = err.and_then(|e| e.get("err_code")).and_then(Value::as_u64);
+        let Some(p) = self.pubs.get_mut(&id) else { return };
+        match (err, code) {
+            (None, _) => {
+                self.failing = false;
+            }
+            (Some(_), Some(ERR_WRONG_LAST_SEQUENCE)) => {
+                if let Some(serial) = p.claim {
+                    // Ask what is there now; the core decides.
+                    let body = json!({"last_by_subj": p.subject}).to_string();
+                    let get = self.next_id;
+                    self.next_id += 1;
+                    self.gets.insert(get, serial);
+                    let subject = self.api("DIRECT.GET");
+                    let reply = self.inbox('g', get);
+                    nats::publish(&mut self.out, &subject, Some(&reply), body.as_bytes());
+                }
+            }
+            (Some(e), _) => {
+                warn!("broker refused a record on {}: {e}; retrying", p.subject);
+                p.sent = false;
+                self.failing = true;
+                self.retry_pubs_at = Some(now + Duration::from_secs(1));
+                return;
+            }
+        }
+        let Some(p) = self.pubs.remove(&id) else { return };
+        let batch = p.batch;
+        if let Some(n) = self.outstanding.get_mut(&batch) {
+            *n = n.saturating_sub(1);
+        }
+        self.advance_durable(core);
+    }
+
+    fn create_stream_again(&mut self) {
+        self.state = State::Setup;
+        self.create_stream();
+    }
+
+    fn advance_durable(&mut self, core: &mut Core) {
+        let before = self.durable;
+        while let Some((&b, &n)) = self.outstanding.first_key_value() {
+            if n > 0 {
+                break;
+            }
+            self.outstanding.pop_first();
+            self.durable = b;
+        }
+        if self.durable > before {
+            core.handle_durable(self.durable);
+        }
+    }
+
+    // ---- what the core asks ---------------------------------------------------------
+
+    fn send_pubs(&mut self) {
+        let ids: Vec<u64> = self.pubs.iter().filter(|(_, p)| !p.sent).map(|(&id, _)| id).collect();
+        for id in ids {
+            self.send_pub(id);
+        }
+    }
+
+    fn send_pub(&mut self, id: u64) {
+        let reply = self.inbox('p', id);
+        let msg_id = format!("{:016x}-{id}", self.inc);
+        let Some(p) = self.pubs.get_mut(&id) else { return };
+        let expect = p.expect.map(|e| e.to_string());
+        let mut headers: Vec<(&str, &str)> = vec![("Nats-Msg-Id", &msg_id)];
+        if let Some(e) = &expect {
+            headers.push(("Nats-Expected-Last-Subject-Sequence", e));
+        }
+        if p.rollup {
+            headers.push(("Nats-Rollup", "sub"));
+        }
+        nats::hpublish(&mut self.out, &p.subject, &reply, &headers, &p.payload);
+        p.sent = true;
+    }
+
+    /// Each iteration: takes the core's batches, keeps time (reconnects, heartbeats,
+    /// gone nodes, timeouts, purges), writes, and tells the core what is durable and
+    /// whether the broker can be used.
+    pub fn commit(&mut self, registry: &Registry, core: &mut Core, now: Instant) {
+        while let Some((batch, ops)) = core.poll_cluster() {
+            let mut n = 0;
+            for op in ops {
+                match op {
+                    Op::Publish { rec, expect } => {
+                        n += 1;
+                        self.queue_pub(batch, rec, expect);
+                    }
+                    Op::Broadcast { from, text } => {
+                        if self.state == State::Ready {
+                            let payload = format!("{from} {text}");
+                            nats::publish(&mut self.out, "natter.c.bcast", None, payload.as_bytes());
+                        }
+                    }
+                    Op::Intro { id, inc, from, to, key } => {
+                        if self.state != State::Ready {
+                            core.handle_intro_answer(id, IntroAnswer::Offline, now);
+                            continue;
+                        }
+                        let rid = self.next_id;
+                        self.next_id += 1;
+                        self.intros.insert(rid, (id, now + INTRO_TIMEOUT));
+                        let key = if key.is_empty() { "-" } else { &key };
+                        let payload = format!("{from} {to} {key}");
+                        let reply = self.inbox('i', rid);
+                        nats::publish(&mut self.out, &format!("natter.c.intro.{inc:016x}"), Some(&reply), payload.as_bytes());
+                    }
+                }
+            }
+            self.outstanding.insert(batch, n);
+        }
+        self.advance_durable(core);
+        self.tick(registry, core, now);
+        self.flush(registry, now);
+        let healthy = self.state == State::Ready && !self.failing && self.out.len() < MAX_QUEUED;
+        if self.told_healthy != Some(healthy) {
+            self.told_healthy = Some(healthy);
+            core.handle_store_health(healthy);
+        }
+    }
+
+    fn queue_pub(&mut self, batch: u64, rec: Rec, expect: Option<u64>) {
+        if let Rec::Ack { to, upto } = &rec {
+            let e = self.purges.entry(to.clone()).or_default();
+            *e = (*e).max(upto + 1);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let claim = match &rec {
+            Rec::Login { serial, .. } => Some(*serial),
+            _ => None,
+        };
+        self.pubs.insert(
+            id,
+            Pub {
+                batch,
+                subject: rec.subject(),
+                payload: rec.payload().into_bytes(),
+                expect,
+                rollup: rec.rolls_up(),
+                claim,
+                sent: false,
+            },
+        );
+        if self.state == State::Ready {
+            self.send_pub(id);
+        }
+    }
+
+    fn tick(&mut self, registry: &Registry, core: &mut Core, now: Instant) {
+        if self.state == State::Down && self.conn.is_some() {
+            self.disconnect(registry, "refused by the broker", now);
+        }
+        if self.state == State::Down && self.retry_at.is_some_and(|t| t <= now) {
+            self.connect(registry, now);
+        }
+        if self.connect_deadline.is_some_and(|t| t <= now) {
+            self.disconnect(registry, "no answer from the broker", now);
+        }
+        let expired: Vec<u64> = self
+            .intros
+            .iter()
+            .filter(|(_, (_, t))| *t <= now)
+            .map(|(&rid, _)| rid)
+            .collect();
+        for rid in expired {
+            if let Some((id, _)) = self.intros.remove(&rid) {
+                core.handle_intro_answer(id, IntroAnswer::Offline, now);
+            }
+        }
+        if self.state != State::Ready {
+            return;
+        }
+        if now.saturating_duration_since(self.last_rx) > BROKER_SILENCE {
+            return self.disconnect(registry, "the broker went silent", now);
+        }
+        if self.retry_pubs_at.is_some_and(|t| t <= now) {
+            self.retry_pubs_at = None;
+            self.send_pubs();
+        }
+        if self.next_beat <= now {
+            self.next_beat = now + HEARTBEAT;
+            let beat = format!("{} {:016x}", self.cfg.node, self.inc);
+            nats::publish(&mut self.out, "natter.c.hb", None, beat.as_bytes());
+            self.check_nodes(core, now);
+        }
+        if self.next_purge <= now && !self.purges.is_empty() {
+            self.next_purge = now + Duration::from_secs(1);
+            let subject = self.api("STREAM.PURGE");
+            for (to, below) in std::mem::take(&mut self.purges) {
+                let filter = format!("natter.s.mail.{}", record::escape(&to));
+                let body = json!({"filter": filter, "seq": below}).to_string();
+                let reply = self.inbox('x', 0);
+                nats::publish(&mut self.out, &subject, Some(&reply), body.as_bytes());
+            }
+        }
+    }
+
+    /// Reports node incarnations with users online that have gone silent.
+    fn check_nodes(&mut self, core: &mut Core, now: Instant) {
+        if !self.caught_up {
+            return;
+        }
+        let settled = self.ready_since.is_some_and(|t| now.saturating_duration_since(t) >= DEAD_AFTER);
+        for (inc, name) in core.cluster_incarnations() {
+            // An earlier run of this very node is certainly gone; others are given
+            // time to be heard after this node (re)connects.
+            let gone = if *name == *self.cfg.node {
+                true
+            } else {
+                settled && self.heard.get(&inc).is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER)
+            };
+            let again = self.reported.get(&inc).is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER);
+            if gone && again {
+                self.reported.insert(inc, now);
+                core.handle_node_gone(inc, now);
+            }
+        }
+        self.heard.retain(|_, t| now.saturating_duration_since(*t) < DEAD_AFTER * 4);
+        self.reported.retain(|_, t| now.saturating_duration_since(*t) < DEAD_AFTER * 4);
+    }
+
+    /// When [`Broker::commit`] must run next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut t = [self.retry_at.filter(|_| self.state == State::Down), self.connect_deadline]
+            .into_iter()
+            .flatten()
+            .chain(self.intros.values().map(|(_, d)| *d))
+            .min();
+        if self.state == State::Ready {
+            let more = [Some(self.next_beat), self.retry_pubs_at, Some(self.last_rx + BROKER_SILENCE)];
+            t = t.into_iter().chain(more.into_iter().flatten()).min();
+        }
+        t
+    }
+}
+
+/// The stream and consumer sequences and the pending count from a delivery's reply
+/// subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>`,
+/// or the longer form with a domain and account hash).
+fn ack_numbers(reply: &str) -> Option<(u64, u64, u64)> {
+    let t: Vec<&str> = reply.split('.').collect();
+    if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
+        return None;
+    }
+    let off = if t.len() == 9 { 2 } else { 4 };
+    let n = |i: usize| t.get(off + i)?.parse::<u64>().ok();
+    Some((n(3)?, n(4)?, n(6)?))
+}
+
+fn encode_answer(a: &IntroAnswer) -> String {
+    match a {
+        IntroAnswer::Peer { addr, token, key } => {
+            let key = if key.is_empty() { "-" } else { key };
+            format!("PEER {} {} {token} {key}", addr.ip(), addr.port())
+        }
+        IntroAnswer::Offline => "OFFLINE".into(),
+        IntroAnswer::NoPeer => "NOPEER".into(),
+    }
+}
+
+fn decode_answer(payload: &[u8]) -> IntroAnswer {
+    let text = String::from_utf8_lossy(payload);
+    let f: Vec<&str> = text.split(' ').collect();
+    match f.as_slice() {
+        ["PEER", ip, port, token, key] => match (ip.parse(), port.parse()) {
+            (Ok(ip), Ok(port)) => IntroAnswer::Peer {
+                addr: SocketAddr::new(ip, port),
+                token: (*token).into(),
+                key: if *key == "-" { "".into() } else { (*key).into() },
+            },
+            _ => IntroAnswer::Offline,
+        },
+        ["NOPEER"] => IntroAnswer::NoPeer,
+        _ => IntroAnswer::Offline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_parse_with_defaults_and_credentials() {
+        let u = parse_urls("nats://127.0.0.1:4222, nats://bob:pw@h2:5000,nats://tok@h3").expect("urls");
+        assert_eq!(u[0].addr, "127.0.0.1:4222");
+        assert_eq!(u[1].user, Some(("bob".into(), "pw".into())));
+        assert_eq!(u[1].addr, "h2:5000");
+        assert_eq!(u[2].token.as_deref(), Some("tok"));
+        assert_eq!(u[2].addr, "h3:4222");
+        assert!(parse_urls("http://x").is_err());
+        assert!(parse_urls("").is_err());
+    }
+
+    #[test]
+    fn delivery_numbers_come_from_either_reply_form() {
+        assert_eq!(ack_numbers("$JS.ACK.NATTER.c1.1.42.7.1700000000.3"), Some((42, 7, 3)));
+        assert_eq!(ack_numbers("$JS.ACK.dom.hash.NATTER.c1.1.42.7.1700000000.0.tok"), Some((42, 7, 0)));
+        assert_eq!(ack_numbers("_INBOX.x"), None);
+    }
+
+    #[test]
+    fn introduction_answers_survive_the_wire() {
+        for a in [
+            IntroAnswer::Peer {
+                addr: "127.0.0.9:4242".parse().expect("addr"),
+                token: "t0k".into(),
+                key: "".into(),
+            },
+            IntroAnswer::Peer {
+                addr: "[::1]:1".parse().expect("addr"),
+                token: "t".into(),
+                key: "ab:cd".into(),
+            },
+            IntroAnswer::Offline,
+            IntroAnswer::NoPeer,
+        ] {
+            assert_eq!(decode_answer(encode_answer(&a).as_bytes()), a);
+        }
+    }
+}
