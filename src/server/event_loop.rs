@@ -929,7 +929,10 @@ fn join_cluster(
 ) -> Result<Broker, RunError> {
     let inc = incarnation();
     core.join_cluster(&cc.node, inc);
-    info!("joining the cluster as node {} (incarnation {inc:016x})", cc.node);
+    info!(
+        "joining the cluster as node {} (incarnation {inc:016x})",
+        cc.node
+    );
     let urls: Vec<String> = cc.urls.iter().map(|u| u.addr.clone()).collect();
     let mut broker = Broker::new(cc, inc, BROKER, now);
     let deadline = now + CLUSTER_START;
@@ -949,7 +952,9 @@ fn join_cluster(
         }
         let wait = broker
             .next_deadline()
-            .map_or(Duration::from_millis(50), |t| t.saturating_duration_since(now))
+            .map_or(Duration::from_millis(50), |t| {
+                t.saturating_duration_since(now)
+            })
             .min(Duration::from_millis(50));
         if let Err(e) = poll.poll(&mut events, Some(wait))
             && e.kind() != io::ErrorKind::Interrupted
@@ -967,7 +972,11 @@ fn join_cluster(
 fn incarnation() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.write_u32(std::process::id());
     h.finish() | 1
 }

@@ -204,6 +204,7 @@ pub struct Broker {
     purges: HashMap<Box<str>, u64>,
     next_purge: Instant,
     told_healthy: Option<bool>,
+    ever_ready: bool,
 }
 
 impl Broker {
@@ -242,6 +243,7 @@ impl Broker {
             purges: HashMap::new(),
             next_purge: now,
             told_healthy: None,
+            ever_ready: false,
         }
     }
 
@@ -281,7 +283,9 @@ impl Broker {
         };
         match TcpStream::connect(addr) {
             Ok(mut s) => {
-                if let Err(e) = registry.register(&mut s, self.token, Interest::READABLE | Interest::WRITABLE) {
+                if let Err(e) =
+                    registry.register(&mut s, self.token, Interest::READABLE | Interest::WRITABLE)
+                {
                     warn!("broker {addr}: register failed: {e}");
                     return self.schedule_retry(now);
                 }
@@ -422,7 +426,10 @@ impl Broker {
             Event::Err(text) => {
                 error!("broker says: {text}");
                 let lower = text.to_ascii_lowercase();
-                if self.state != State::Ready || lower.contains("authorization") || lower.contains("slow consumer") {
+                if self.state != State::Ready
+                    || lower.contains("authorization")
+                    || lower.contains("slow consumer")
+                {
                     // Fatal for this connection: made again after the backoff.
                     self.state = State::Down;
                 }
@@ -451,7 +458,8 @@ impl Broker {
         if let Some(t) = &url.token {
             c["auth_token"] = json!(t);
         }
-        self.out.extend_from_slice(format!("CONNECT {c}\r\nPING\r\n").as_bytes());
+        self.out
+            .extend_from_slice(format!("CONNECT {c}\r\nPING\r\n").as_bytes());
     }
 
     /// Connected: subscribes and creates the stream (then the consumer).
@@ -462,7 +470,11 @@ impl Broker {
         nats::sub(&mut self.out, &inbox, SID_INBOX);
         nats::sub(&mut self.out, "natter.c.hb", SID_HEARTBEAT);
         nats::sub(&mut self.out, "natter.c.bcast", SID_BROADCAST);
-        nats::sub(&mut self.out, &format!("natter.c.intro.{:016x}", self.inc), SID_INTRO);
+        nats::sub(
+            &mut self.out,
+            &format!("natter.c.intro.{:016x}", self.inc),
+            SID_INTRO,
+        );
         self.create_stream();
     }
 
@@ -480,7 +492,12 @@ impl Broker {
         });
         let subject = self.api("STREAM.CREATE");
         let reply = self.inbox('s', 1);
-        nats::publish(&mut self.out, &subject, Some(&reply), cfg.to_string().as_bytes());
+        nats::publish(
+            &mut self.out,
+            &subject,
+            Some(&reply),
+            cfg.to_string().as_bytes(),
+        );
     }
 
     /// A new consumer from the record after the last applied one.
@@ -509,7 +526,12 @@ impl Broker {
         let body = json!({"stream_name": self.cfg.stream, "config": config});
         let subject = self.api("CONSUMER.CREATE");
         let reply = self.inbox('s', 2);
-        nats::publish(&mut self.out, &subject, Some(&reply), body.to_string().as_bytes());
+        nats::publish(
+            &mut self.out,
+            &subject,
+            Some(&reply),
+            body.to_string().as_bytes(),
+        );
     }
 
     fn on_msg(&mut self, core: &mut Core, m: Msg<'_>, now: Instant) {
@@ -518,25 +540,39 @@ impl Broker {
             SID_HEARTBEAT => {
                 let text = String::from_utf8_lossy(m.payload);
                 let mut f = text.split(' ');
-                if let (Some(_), Some(inc)) = (f.next(), f.next().and_then(|i| u64::from_str_radix(i, 16).ok())) {
+                if let (Some(_), Some(inc)) = (
+                    f.next(),
+                    f.next().and_then(|i| u64::from_str_radix(i, 16).ok()),
+                ) {
                     self.heard.insert(inc, now);
                 }
             }
             SID_BROADCAST => {
-                if let Some((from, text)) = std::str::from_utf8(m.payload).ok().and_then(|p| p.split_once(' ')) {
+                if let Some((from, text)) = std::str::from_utf8(m.payload)
+                    .ok()
+                    .and_then(|p| p.split_once(' '))
+                {
                     core.handle_cluster_broadcast(from, text, now);
                 }
             }
             SID_INTRO => {
                 let Some(reply) = m.reply else { return };
-                let answer = match std::str::from_utf8(m.payload).ok().map(|p| p.split(' ').collect::<Vec<_>>()) {
+                let answer = match std::str::from_utf8(m.payload)
+                    .ok()
+                    .map(|p| p.split(' ').collect::<Vec<_>>())
+                {
                     Some(f) if f.len() == 3 => {
                         let key = if f[2] == "-" { "" } else { f[2] };
                         core.handle_intro_request(f[0], f[1], key)
                     }
                     _ => IntroAnswer::Offline,
                 };
-                nats::publish(&mut self.out, reply, None, encode_answer(&answer).as_bytes());
+                nats::publish(
+                    &mut self.out,
+                    reply,
+                    None,
+                    encode_answer(&answer).as_bytes(),
+                );
             }
             sid if sid == SID_CONSUMER + self.generation => self.on_record(core, m, now),
             _ => {}
@@ -561,7 +597,7 @@ impl Broker {
         }
         self.consumer_seq = cseq;
         if pending == 0 {
-            self.caught_up = true;
+            self.set_caught_up(now);
         }
         if sseq <= self.applied {
             return;
@@ -577,14 +613,21 @@ impl Broker {
     /// introduction, or a set-up step.
     fn on_reply(&mut self, core: &mut Core, m: Msg<'_>, now: Instant) {
         let mut tail = m.subject.rsplitn(3, '.');
-        let (Some(id), Some(kind)) = (tail.next().and_then(|i| i.parse::<u64>().ok()), tail.next()) else {
+        let (Some(id), Some(kind)) = (tail.next().and_then(|i| i.parse::<u64>().ok()), tail.next())
+        else {
             return;
         };
         match kind {
             "p" => self.on_pub_ack(core, id, &m, now),
             "g" => {
-                let Some(serial) = self.gets.remove(&id) else { return };
-                let current = match (m.status(), m.header("Nats-Sequence"), m.header("Nats-Subject")) {
+                let Some(serial) = self.gets.remove(&id) else {
+                    return;
+                };
+                let current = match (
+                    m.status(),
+                    m.header("Nats-Sequence"),
+                    m.header("Nats-Subject"),
+                ) {
                     (None, Some(seq), Some(subject)) => seq
                         .parse::<u64>()
                         .ok()
@@ -594,7 +637,9 @@ impl Broker {
                 core.handle_claim_conflict(serial, current, now);
             }
             "i" => {
-                let Some((cid, _)) = self.intros.remove(&id) else { return };
+                let Some((cid, _)) = self.intros.remove(&id) else {
+                    return;
+                };
                 let answer = if m.status().is_some() {
                     IntroAnswer::Offline
                 } else {
@@ -621,7 +666,10 @@ impl Broker {
                 match (err, code) {
                     (None, _) => {}
                     (Some(_), Some(ERR_STREAM_NAME_IN_USE)) => {
-                        warn!("stream {} exists with another configuration; using it as it is", self.cfg.stream);
+                        warn!(
+                            "stream {} exists with another configuration; using it as it is",
+                            self.cfg.stream
+                        );
                     }
                     (Some(e), _) => {
                         error!("cannot create stream {}: {e}", self.cfg.stream);
@@ -639,13 +687,18 @@ impl Broker {
                 }
                 let pending = v.get("num_pending").and_then(Value::as_u64).unwrap_or(0);
                 if pending == 0 {
-                    self.caught_up = true;
+                    self.set_caught_up(now);
                 }
                 if self.state == State::Setup {
-                    info!(
-                        "broker ready (node {}, stream {}, {pending} records to apply)",
-                        self.cfg.node, self.cfg.stream
-                    );
+                    if self.ever_ready {
+                        warn!("broker connection restored ({pending} records to apply)");
+                    } else {
+                        info!(
+                            "broker ready (node {}, stream {}, {pending} records to apply)",
+                            self.cfg.node, self.cfg.stream
+                        );
+                    }
+                    self.ever_ready = true;
                     self.state = State::Ready;
                     self.ready_since = Some(now);
                     self.backoff = BACKOFF_MIN;
@@ -673,7 +726,9 @@ impl Broker {
         let v: Value = serde_json::from_slice(m.payload).unwrap_or(Value::Null);
         let err = v.get("error");
         let code = err.and_then(|e| e.get("err_code")).and_then(Value::as_u64);
-        let Some(p) = self.pubs.get_mut(&id) else { return };
+        let Some(p) = self.pubs.get_mut(&id) else {
+            return;
+        };
         match (err, code) {
             (None, _) => {
                 self.failing = false;
@@ -698,12 +753,23 @@ impl Broker {
                 return;
             }
         }
-        let Some(p) = self.pubs.remove(&id) else { return };
+        let Some(p) = self.pubs.remove(&id) else {
+            return;
+        };
         let batch = p.batch;
         if let Some(n) = self.outstanding.get_mut(&batch) {
             *n = n.saturating_sub(1);
         }
         self.advance_durable(core);
+    }
+
+    /// The replica has applied everything the stream had: users of this node's
+    /// earlier runs are logged out at once (at the next commit), not a heartbeat later.
+    fn set_caught_up(&mut self, now: Instant) {
+        if !self.caught_up {
+            self.caught_up = true;
+            self.next_beat = now;
+        }
     }
 
     fn create_stream_again(&mut self) {
@@ -728,7 +794,12 @@ impl Broker {
     // ---- what the core asks ---------------------------------------------------------
 
     fn send_pubs(&mut self) {
-        let ids: Vec<u64> = self.pubs.iter().filter(|(_, p)| !p.sent).map(|(&id, _)| id).collect();
+        let ids: Vec<u64> = self
+            .pubs
+            .iter()
+            .filter(|(_, p)| !p.sent)
+            .map(|(&id, _)| id)
+            .collect();
         for id in ids {
             self.send_pub(id);
         }
@@ -737,7 +808,9 @@ impl Broker {
     fn send_pub(&mut self, id: u64) {
         let reply = self.inbox('p', id);
         let msg_id = format!("{:016x}-{id}", self.inc);
-        let Some(p) = self.pubs.get_mut(&id) else { return };
+        let Some(p) = self.pubs.get_mut(&id) else {
+            return;
+        };
         let expect = p.expect.map(|e| e.to_string());
         let mut headers: Vec<(&str, &str)> = vec![("Nats-Msg-Id", &msg_id)];
         if let Some(e) = &expect {
@@ -765,10 +838,21 @@ impl Broker {
                     Op::Broadcast { from, text } => {
                         if self.state == State::Ready {
                             let payload = format!("{from} {text}");
-                            nats::publish(&mut self.out, "natter.c.bcast", None, payload.as_bytes());
+                            nats::publish(
+                                &mut self.out,
+                                "natter.c.bcast",
+                                None,
+                                payload.as_bytes(),
+                            );
                         }
                     }
-                    Op::Intro { id, inc, from, to, key } => {
+                    Op::Intro {
+                        id,
+                        inc,
+                        from,
+                        to,
+                        key,
+                    } => {
                         if self.state != State::Ready {
                             core.handle_intro_answer(id, IntroAnswer::Offline, now);
                             continue;
@@ -779,7 +863,12 @@ impl Broker {
                         let key = if key.is_empty() { "-" } else { &key };
                         let payload = format!("{from} {to} {key}");
                         let reply = self.inbox('i', rid);
-                        nats::publish(&mut self.out, &format!("natter.c.intro.{inc:016x}"), Some(&reply), payload.as_bytes());
+                        nats::publish(
+                            &mut self.out,
+                            &format!("natter.c.intro.{inc:016x}"),
+                            Some(&reply),
+                            payload.as_bytes(),
+                        );
                     }
                 }
             }
@@ -877,34 +966,52 @@ impl Broker {
         if !self.caught_up {
             return;
         }
-        let settled = self.ready_since.is_some_and(|t| now.saturating_duration_since(t) >= DEAD_AFTER);
+        let settled = self
+            .ready_since
+            .is_some_and(|t| now.saturating_duration_since(t) >= DEAD_AFTER);
         for (inc, name) in core.cluster_incarnations() {
             // An earlier run of this very node is certainly gone; others are given
             // time to be heard after this node (re)connects.
             let gone = if *name == *self.cfg.node {
                 true
             } else {
-                settled && self.heard.get(&inc).is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER)
+                settled
+                    && self
+                        .heard
+                        .get(&inc)
+                        .is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER)
             };
-            let again = self.reported.get(&inc).is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER);
+            let again = self
+                .reported
+                .get(&inc)
+                .is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER);
             if gone && again {
                 self.reported.insert(inc, now);
                 core.handle_node_gone(inc, now);
             }
         }
-        self.heard.retain(|_, t| now.saturating_duration_since(*t) < DEAD_AFTER * 4);
-        self.reported.retain(|_, t| now.saturating_duration_since(*t) < DEAD_AFTER * 4);
+        self.heard
+            .retain(|_, t| now.saturating_duration_since(*t) < DEAD_AFTER * 4);
+        self.reported
+            .retain(|_, t| now.saturating_duration_since(*t) < DEAD_AFTER * 4);
     }
 
     /// When [`Broker::commit`] must run next.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut t = [self.retry_at.filter(|_| self.state == State::Down), self.connect_deadline]
-            .into_iter()
-            .flatten()
-            .chain(self.intros.values().map(|(_, d)| *d))
-            .min();
+        let mut t = [
+            self.retry_at.filter(|_| self.state == State::Down),
+            self.connect_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.intros.values().map(|(_, d)| *d))
+        .min();
         if self.state == State::Ready {
-            let more = [Some(self.next_beat), self.retry_pubs_at, Some(self.last_rx + BROKER_SILENCE)];
+            let more = [
+                Some(self.next_beat),
+                self.retry_pubs_at,
+                Some(self.last_rx + BROKER_SILENCE),
+            ];
             t = t.into_iter().chain(more.into_iter().flatten()).min();
         }
         t
@@ -943,7 +1050,11 @@ fn decode_answer(payload: &[u8]) -> IntroAnswer {
             (Ok(ip), Ok(port)) => IntroAnswer::Peer {
                 addr: SocketAddr::new(ip, port),
                 token: (*token).into(),
-                key: if *key == "-" { "".into() } else { (*key).into() },
+                key: if *key == "-" {
+                    "".into()
+                } else {
+                    (*key).into()
+                },
             },
             _ => IntroAnswer::Offline,
         },
@@ -958,7 +1069,8 @@ mod tests {
 
     #[test]
     fn broker_urls_parse_with_defaults_and_credentials() {
-        let u = parse_urls("nats://127.0.0.1:4222, nats://bob:pw@h2:5000,nats://tok@h3").expect("urls");
+        let u =
+            parse_urls("nats://127.0.0.1:4222, nats://bob:pw@h2:5000,nats://tok@h3").expect("urls");
         assert_eq!(u[0].addr, "127.0.0.1:4222");
         assert_eq!(u[1].user, Some(("bob".into(), "pw".into())));
         assert_eq!(u[1].addr, "h2:5000");
@@ -970,8 +1082,14 @@ mod tests {
 
     #[test]
     fn delivery_numbers_come_from_either_reply_form() {
-        assert_eq!(ack_numbers("$JS.ACK.NATTER.c1.1.42.7.1700000000.3"), Some((42, 7, 3)));
-        assert_eq!(ack_numbers("$JS.ACK.dom.hash.NATTER.c1.1.42.7.1700000000.0.tok"), Some((42, 7, 0)));
+        assert_eq!(
+            ack_numbers("$JS.ACK.NATTER.c1.1.42.7.1700000000.3"),
+            Some((42, 7, 3))
+        );
+        assert_eq!(
+            ack_numbers("$JS.ACK.dom.hash.NATTER.c1.1.42.7.1700000000.0.tok"),
+            Some((42, 7, 0))
+        );
         assert_eq!(ack_numbers("_INBOX.x"), None);
     }
 

