@@ -46,12 +46,17 @@ enum Cmd {
 
 #[derive(Args, Debug)]
 struct Common {
-    /// natterd's address (loopback only).
-    #[arg(long, default_value = "127.0.0.1:4000")]
-    server: SocketAddr,
-    /// natterd's pid, to read its CPU time, RSS, wake-ups and fds from /proc.
+    /// natterd's address (loopback only); a cluster's nodes comma-separated, clients
+    /// are spread over them in turn.
+    #[arg(long, default_value = "127.0.0.1:4000", value_delimiter = ',')]
+    server: Vec<SocketAddr>,
+    /// natterd's pid, to read its CPU time, RSS, wake-ups and fds from /proc (a
+    /// cluster's nodes comma-separated: summed).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// The broker's pid (cluster mode): its CPU per delivery is reported too.
     #[arg(long)]
-    server_pid: Option<u32>,
+    broker_pid: Option<u32>,
     /// Clients (each logs in as u<i>).
     #[arg(long, short = 'n', default_value_t = 100)]
     clients: usize,
@@ -126,7 +131,7 @@ fn main() -> ExitCode {
         Cmd::Churn(c) => (Mode::Churn, c),
         Cmd::Ceiling(c) => (Mode::Ceiling, c),
     };
-    if !c.server.ip().is_loopback() {
+    if c.server.iter().any(|s| !s.ip().is_loopback()) {
         eprintln!("natter-bench: error: --server must be a loopback address (127.0.0.0/8 or ::1)");
         return ExitCode::from(2);
     }
@@ -149,6 +154,7 @@ fn main() -> ExitCode {
         mode,
         server: c.server,
         server_pid: c.server_pid,
+        broker_pid: c.broker_pid,
         clients: c.clients,
         window: c.window.max(1),
         senders: c.senders.max(1),

@@ -74,7 +74,8 @@ pub(crate) enum Phase {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub mode: Mode,
-    pub addr: SocketAddr,
+    /// The servers (cluster nodes): client `i` connects to `addrs[i % len]`.
+    pub addrs: Vec<SocketAddr>,
     pub clients: usize,
     pub window: u32,
     /// Broadcast: clients `0..senders` send.
@@ -140,10 +141,14 @@ impl Shared {
 pub struct Options {
     /// The scenario.
     pub mode: Mode,
-    /// natterd's address (loopback only).
-    pub server: SocketAddr,
-    /// natterd's pid, to sample its CPU, memory, wake-ups and descriptors.
-    pub server_pid: Option<u32>,
+    /// natterd's address (loopback only); several for a cluster's nodes, which the
+    /// clients are spread over in turn.
+    pub server: Vec<SocketAddr>,
+    /// natterd's pid (one per node), to sample CPU, memory, wake-ups and descriptors
+    /// (summed over the nodes).
+    pub server_pid: Vec<u32>,
+    /// The broker's pid (cluster mode), to report its CPU per delivery too.
+    pub broker_pid: Option<u32>,
     /// Clients (each logs in as `u<i>`).
     pub clients: usize,
     /// Messages in flight per sending client.
@@ -187,6 +192,22 @@ pub struct ProcSample {
 }
 
 impl ProcSample {
+    /// The sum over several processes (a cluster's nodes); `None` if there are none or
+    /// one is gone.
+    pub fn sum(pids: &[u32]) -> Option<ProcSample> {
+        let mut total: Option<ProcSample> = None;
+        for &pid in pids {
+            let p = ProcSample::read(pid)?;
+            let t = total.get_or_insert_with(ProcSample::default);
+            t.cpu += p.cpu;
+            t.rss_kib += p.rss_kib;
+            t.peak_rss_kib += p.peak_rss_kib;
+            t.switches += p.switches;
+            t.fds += p.fds;
+        }
+        total
+    }
+
     /// Reads `/proc/<pid>/...`; `None` if the process is gone.
     pub fn read(pid: u32) -> Option<ProcSample> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -415,13 +436,13 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     let addr = if opts.mode == Mode::Ceiling {
         let (addr, handle) = relay::start(shared.clone())?;
         relay = Some(handle);
-        addr
+        vec![addr]
     } else {
-        opts.server
+        opts.server.clone()
     };
     let plan = Arc::new(Plan {
         mode: opts.mode,
-        addr,
+        addrs: addr.clone(),
         clients: opts.clients,
         window: opts.window,
         senders: opts.senders.min(opts.clients),
@@ -442,14 +463,17 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         start: Instant::now(),
         last: std::cell::Cell::new(Instant::now()),
     };
-    let sample = || opts.server_pid.and_then(ProcSample::read);
+    let sample = || ProcSample::sum(&opts.server_pid);
+    let broker = || opts.broker_pid.and_then(ProcSample::read);
     let at_start = sample();
     if opts.mode == Mode::Idle && at_start.is_some() {
         // A server's memory at rest changes once its first connection has come and
         // gone (buffers sized, the allocator warmed up); measuring per-connection
         // memory against the untouched server would credit that change to the
         // connections. Probe first, let it go quiet, then take the baseline.
-        probe(addr);
+        for &a in &addr {
+            probe(a);
+        }
     }
     let before_connect = sample();
     let t_start = Instant::now();
@@ -591,6 +615,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                 &shared.delivered
             };
             let b = sample();
+            let bb = broker();
             let d0 = counter.load(Ordering::Relaxed);
             shared.set_phase(Phase::Measure);
             let t0 = Instant::now();
@@ -599,6 +624,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             let secs = t0.elapsed().as_secs_f64();
             let d1 = counter.load(Ordering::Relaxed);
             let a = sample();
+            let ba = broker();
             // Let what is in flight land, then compare what was sent and received.
             let broadcast = opts.mode == Mode::Broadcast;
             let drained = wait_for(Duration::from_secs(5), &progress, || {
@@ -666,6 +692,14 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                 report.float("server_cpu_s", cpu);
                 report.float(
                     "server_cpu_us_per_delivery",
+                    cpu * 1e6 / deliveries.max(1) as f64,
+                );
+            }
+            if let (Some(b), Some(a)) = (bb, ba) {
+                let cpu = a.cpu - b.cpu;
+                report.float("broker_cpu_s", cpu);
+                report.float(
+                    "broker_cpu_us_per_delivery",
                     cpu * 1e6 / deliveries.max(1) as f64,
                 );
             }

@@ -164,7 +164,8 @@ impl Worker {
     }
 
     fn connect(&mut self, idx: usize) -> io::Result<()> {
-        let addr: SocketAddr = self.plan.addr;
+        let addrs = &self.plan.addrs;
+        let addr: SocketAddr = addrs[idx % addrs.len()];
         let mut stream = TcpStream::connect(addr)?;
         // Like any chat client: Nagle plus delayed ACKs would add 40 ms to a message
         // written while an earlier line is unacknowledged.

@@ -8,7 +8,7 @@
 //! `-MAILBOX_FULL`. A message that does not fit is refused; nothing already stored is
 //! touched.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::core::AccountId;
 
@@ -46,7 +46,8 @@ pub(crate) struct Mailbox {
     queue: VecDeque<Stored>,
     bytes: usize,
     /// Messages and bytes queued per sender (empty, unallocated, for most users).
-    by_sender: HashMap<AccountId, (usize, usize)>,
+    /// foldhash: senders are account ids the server assigns, not chosen by peers.
+    by_sender: foldhash::HashMap<AccountId, (usize, usize)>,
 }
 
 impl Mailbox {
@@ -88,9 +89,11 @@ impl Mailbox {
                     self.by_sender.remove(&m.from);
                 }
             }
-            if self.queue.is_empty() {
-                // Give the tables back once the backlog is delivered.
-                self.by_sender = HashMap::new();
+            if self.queue.is_empty() && self.queue.capacity() > 8 {
+                // Give the tables back once a backlog is delivered (a mailbox that
+                // keeps going from empty to one or two, as a cluster's replicas do,
+                // keeps its small ones rather than allocating each time).
+                self.by_sender = foldhash::HashMap::default();
                 self.queue = VecDeque::new();
             }
         }

@@ -17,7 +17,7 @@
 //!   reported gone ([`Core::handle_node_gone`]); an older incarnation of this node's
 //!   own name at once.
 //! - **Purges**: acknowledged messages are purged from the stream (per recipient,
-//!   at most once a second), so the stream holds what is still undelivered plus the
+//!   at most every 30 s), so the stream holds what is still undelivered plus the
 //!   latest record of each other subject.
 //!
 //! While the connection is down the core is told the store is unavailable
@@ -53,6 +53,9 @@ const BROKER_SILENCE: Duration = Duration::from_secs(6);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often acknowledged messages are purged from the stream (one API request per
+/// recipient with acknowledgements since the last time).
+const PURGE_EVERY: Duration = Duration::from_secs(30);
 /// Output queued for the broker beyond which new messages are refused until it drains.
 const MAX_QUEUED: usize = 32 << 20;
 
@@ -723,7 +726,12 @@ impl Broker {
             }
             return;
         }
-        let v: Value = serde_json::from_slice(m.payload).unwrap_or(Value::Null);
+        // The usual answer, `{"stream":"NATTER","seq":N}`, is not worth a JSON parse.
+        let v: Value = if memchr::memmem::find(m.payload, b"\"error\"").is_none() {
+            Value::Null
+        } else {
+            serde_json::from_slice(m.payload).unwrap_or(Value::Null)
+        };
         let err = v.get("error");
         let code = err.and_then(|e| e.get("err_code")).and_then(Value::as_u64);
         let Some(p) = self.pubs.get_mut(&id) else {
@@ -827,7 +835,7 @@ impl Broker {
     /// gone nodes, timeouts, purges), writes, and tells the core what is durable and
     /// whether the broker can be used.
     pub fn commit(&mut self, registry: &Registry, core: &mut Core, now: Instant) {
-        while let Some((batch, ops)) = core.poll_cluster() {
+        while let Some((batch, ops)) = core.poll_cluster(now) {
             let mut n = 0;
             for op in ops {
                 match op {
@@ -950,7 +958,7 @@ impl Broker {
             self.check_nodes(core, now);
         }
         if self.next_purge <= now && !self.purges.is_empty() {
-            self.next_purge = now + Duration::from_secs(1);
+            self.next_purge = now + PURGE_EVERY;
             let subject = self.api("STREAM.PURGE");
             for (to, below) in std::mem::take(&mut self.purges) {
                 let filter = format!("natter.s.mail.{}", record::escape(&to));
@@ -1022,11 +1030,17 @@ impl Broker {
 /// subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>`,
 /// or the longer form with a domain and account hash).
 fn ack_numbers(reply: &str) -> Option<(u64, u64, u64)> {
-    let t: Vec<&str> = reply.split('.').collect();
-    if t.len() < 9 || t[0] != "$JS" || t[1] != "ACK" {
+    // At most twelve tokens: no allocation per record.
+    let mut t = [""; 12];
+    let mut len = 0;
+    for tok in reply.split('.') {
+        *t.get_mut(len)? = tok;
+        len += 1;
+    }
+    if len < 9 || t[0] != "$JS" || t[1] != "ACK" {
         return None;
     }
-    let off = if t.len() == 9 { 2 } else { 4 };
+    let off = if len == 9 { 2 } else { 4 };
     let n = |i: usize| t.get(off + i)?.parse::<u64>().ok();
     Some((n(3)?, n(4)?, n(6)?))
 }

@@ -82,29 +82,36 @@ impl Parser {
         data: &[u8],
         mut on: impl FnMut(Event<'_>),
     ) -> Result<(), ProtocolError> {
+        // Nothing left over from the last read (the usual case): parse the read
+        // buffer itself and keep only a trailing partial frame.
+        if self.buf.is_empty() {
+            let used = parse_all(data, &mut on)?;
+            self.buf.extend_from_slice(&data[used..]);
+            return Ok(());
+        }
         self.buf.extend_from_slice(data);
-        let mut pos = 0;
-        let result = loop {
-            match parse_one(&self.buf[pos..]) {
-                Ok(Some((event, used))) => {
-                    on(event);
-                    pos += used;
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
-            }
-        };
-        self.buf.drain(..pos);
+        let used = parse_all(&self.buf, &mut on)?;
+        self.buf.drain(..used);
         if self.buf.capacity() > 1 << 20 && self.buf.len() < 1 << 16 {
             self.buf.shrink_to(1 << 16);
         }
-        result
+        Ok(())
     }
 
     /// Forgets a partial frame (a new connection starts clean).
     pub fn reset(&mut self) {
         self.buf.clear();
     }
+}
+
+/// Every complete event at the front of `buf`; returns the bytes they used.
+fn parse_all(buf: &[u8], on: &mut impl FnMut(Event<'_>)) -> Result<usize, ProtocolError> {
+    let mut pos = 0;
+    while let Some((event, used)) = parse_one(&buf[pos..])? {
+        on(event);
+        pos += used;
+    }
+    Ok(pos)
 }
 
 fn bad(what: &str, line: &[u8]) -> ProtocolError {
@@ -116,7 +123,12 @@ fn bad(what: &str, line: &[u8]) -> ProtocolError {
 
 /// One event from the front of `buf` and the bytes it used, or `None` if incomplete.
 fn parse_one(buf: &[u8]) -> Result<Option<(Event<'_>, usize)>, ProtocolError> {
-    let Some(end) = memchr::memmem::find(buf, b"\r\n") else {
+    // Control lines end in CRLF and contain no LF of their own.
+    let end = memchr::memchr(b'\n', buf).and_then(|i| i.checked_sub(1));
+    let Some(end) = end.filter(|&e| buf[e] == b'\r') else {
+        if memchr::memchr(b'\n', buf).is_some() {
+            return Err(bad("line not ended by CRLF", buf));
+        }
         if buf.len() > MAX_CONTROL {
             return Err(bad("control line too long", buf));
         }
@@ -126,18 +138,33 @@ fn parse_one(buf: &[u8]) -> Result<Option<(Event<'_>, usize)>, ProtocolError> {
     let after = end + 2;
     let text = std::str::from_utf8(line).map_err(|_| bad("not UTF-8", line))?;
     let (verb, rest) = text.split_once([' ', '\t']).unwrap_or((text, ""));
-    let event = match verb.to_ascii_uppercase().as_str() {
-        "PING" => Event::Ping,
-        "PONG" => Event::Pong,
-        "+OK" => Event::Ok,
-        "-ERR" => Event::Err(rest.trim().trim_matches('\'')),
-        "INFO" => Event::Info(rest.trim().as_bytes()),
-        "MSG" | "HMSG" => {
-            let with_headers = verb.eq_ignore_ascii_case("HMSG");
-            let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let is = |v: &str| verb.eq_ignore_ascii_case(v);
+    let event = if is("PING") {
+        Event::Ping
+    } else if is("PONG") {
+        Event::Pong
+    } else if is("+OK") {
+        Event::Ok
+    } else if is("-ERR") {
+        Event::Err(rest.trim().trim_matches('\''))
+    } else if is("INFO") {
+        Event::Info(rest.trim().as_bytes())
+    } else if is("MSG") || is("HMSG") {
+        {
+            let with_headers = is("HMSG");
+            // At most five fields: no allocation per message.
+            let mut f = [""; 5];
+            let mut count = 0;
+            for field in rest.split_ascii_whitespace() {
+                if count == f.len() {
+                    return Err(bad("bad MSG line", line));
+                }
+                f[count] = field;
+                count += 1;
+            }
             let n = |s: &str| s.parse::<usize>().map_err(|_| bad("bad size", line));
             // MSG <subject> <sid> [reply] <size>; HMSG <subject> <sid> [reply] <hdr> <total>
-            let (reply, hdr, total) = match (with_headers, f.len()) {
+            let (reply, hdr, total) = match (with_headers, count) {
                 (false, 3) => (None, 0, n(f[2])?),
                 (false, 4) => (Some(f[2]), 0, n(f[3])?),
                 (true, 4) => (None, n(f[2])?, n(f[3])?),
@@ -164,7 +191,8 @@ fn parse_one(buf: &[u8]) -> Result<Option<(Event<'_>, usize)>, ProtocolError> {
             };
             return Ok(Some((Event::Msg(msg), after + total + 2)));
         }
-        _ => return Err(bad("unknown operation", line)),
+    } else {
+        return Err(bad("unknown operation", line));
     };
     Ok(Some((event, after)))
 }
@@ -226,7 +254,7 @@ mod tests {
 
     #[test]
     fn frames_split_anywhere_come_out_whole() {
-        let wire = b"INFO {\"server_id\":\"x\"}\r\nPING\r\nMSG a.b 5 _INBOX.1 3\r\nabc\r\nHMSG c 6 22 25\r\nNATS/1.0\r\nK: v\r\n\r\nxyz\r\nHMSG r 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n+OK\r\n-ERR 'Authorization Violation'\r\n";
+        let wire = b"INFO {\"server_id\":\"x\"}\r\nPING\r\nMSG a.b 5 _INBOX.1 3\r\nabc\r\nHMSG c 6 18 21\r\nNATS/1.0\r\nK: v\r\n\r\nxyz\r\nHMSG r 1 16 16\r\nNATS/1.0 503\r\n\r\n\r\n+OK\r\n-ERR 'Authorization Violation'\r\n";
         let mut whole = Parser::default();
         let all = events(&mut whole, wire);
         assert_eq!(all.len(), 7, "{all:?}");
@@ -289,7 +317,7 @@ mod tests {
         hpublish(&mut out, "t", "r2", &[("Nats-Msg-Id", "1")], b"yo");
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
-            "PUB s r 2\r\nhi\r\nHPUB t r2 31 33\r\nNATS/1.0\r\nNats-Msg-Id: 1\r\n\r\nyo\r\n"
+            "PUB s r 2\r\nhi\r\nHPUB t r2 28 30\r\nNATS/1.0\r\nNats-Msg-Id: 1\r\n\r\nyo\r\n"
         );
     }
 }

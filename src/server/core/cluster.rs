@@ -134,7 +134,16 @@ pub(super) struct Cluster {
     next_intro: u64,
     /// Users online elsewhere, per node incarnation (with the node's name).
     by_inc: HashMap<u64, (u32, Box<str>)>,
+    /// Acknowledgements not yet published, per account (coalesced: see `ACK_DELAY`).
+    acks: HashMap<AccountId, u64>,
+    acks_due: Option<Instant>,
 }
+
+/// How long this node's users' acknowledgements are gathered before one `Ack` record
+/// per user is published: a client acknowledges every few messages, and an `Ack` is a
+/// stored record for the broker. A node that dies within this delay has its users'
+/// last messages delivered again at their next login (at least once, never lost).
+pub(super) const ACK_DELAY: Duration = Duration::from_millis(100);
 
 impl Cluster {
     pub(super) fn new(node: &str, inc: u64) -> Cluster {
@@ -147,7 +156,14 @@ impl Cluster {
             intros: HashMap::new(),
             next_intro: 1,
             by_inc: HashMap::new(),
+            acks: HashMap::new(),
+            acks_due: None,
         }
+    }
+
+    /// When gathered acknowledgements are due to be published.
+    pub(super) fn acks_due(&self) -> Option<Instant> {
+        self.acks_due
     }
 
     /// Incarnations that have users online here, with their node names.
@@ -288,6 +304,34 @@ pub(super) fn fail(core: &mut Core, key: usize, account: AccountId, now: Instant
         block_ms,
     };
     core.store.publish(rec, None);
+}
+
+/// This node's user acknowledged messages up to `upto`: published with the others
+/// gathered within `ACK_DELAY`.
+pub(super) fn note_ack(core: &mut Core, account: AccountId, upto: u64, now: Instant) {
+    let c = cluster(core);
+    let e = c.acks.entry(account).or_default();
+    *e = (*e).max(upto);
+    c.acks_due.get_or_insert(now + ACK_DELAY);
+}
+
+/// Publishes gathered acknowledgements: all of them, or `only` one account's (at its
+/// logout, so its next login elsewhere does not see them again).
+pub(super) fn flush_acks(core: &mut Core, only: Option<AccountId>) {
+    let Some(c) = core.cluster.as_deref_mut() else {
+        return;
+    };
+    let acks: Vec<(AccountId, u64)> = match only {
+        Some(id) => c.acks.remove(&id).map(|u| (id, u)).into_iter().collect(),
+        None => {
+            c.acks_due = None;
+            c.acks.drain().collect()
+        }
+    };
+    for (id, upto) in acks {
+        let to = core.dir.name(id).into();
+        core.store.publish(Rec::Ack { to, upto }, None);
+    }
 }
 
 /// A session of this node ends: its logout is published (and announced to everyone,

@@ -80,7 +80,7 @@ impl Net {
             let mut moved = false;
             for n in &mut self.nodes {
                 n.core.handle_timeout(self.now);
-                while let Some(b) = n.core.poll_cluster() {
+                while let Some(b) = n.core.poll_cluster(self.now) {
                     n.pending.push(b);
                 }
             }

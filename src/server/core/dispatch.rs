@@ -154,7 +154,7 @@ fn on_request(core: &mut Core, key: usize, req: Request<'_>, now: Instant) {
     match (stage, req) {
         // Responses and pings: valid in any phase, never activity.
         (_, Request::Pong { seq }) => timers::pong(core, key, seq),
-        (_, Request::Ack { id }) => messaging::ack(core, key, id),
+        (_, Request::Ack { id }) => messaging::ack(core, key, id, now),
         (_, Request::Ping { token }) => core.reply(key, Reply::Pong { token }),
         (Closing, _) => {}
         (Hello | Login(_), Request::Hello { version }) => login::hello(core, key, version),

@@ -8,6 +8,8 @@
 //! which paces a login backlog of thousands. When a session ends, its unacknowledged
 //! messages go back to the front of the mailbox, in order.
 
+use std::time::Instant;
+
 use super::directory::PerAccount;
 use super::inflight::Inflight;
 use super::session::Phase;
@@ -136,14 +138,16 @@ pub(super) fn broadcast(core: &mut Core, cx: Cx, text: &str) {
 }
 
 /// `ACK <id>`: everything in flight up to `id` is delivered; the window refills.
-pub(super) fn ack(core: &mut Core, key: usize, id: u64) {
+pub(super) fn ack(core: &mut Core, key: usize, id: u64, now: Instant) {
     let Some(a) = core.sessions.get_mut(key).and_then(|s| s.active_mut()) else {
         return;
     };
     let upto = a.inflight.ack(id);
     let account = a.account;
-    if let Some(upto) = upto {
-        core.store.ack(core.dir.name(account), upto);
+    match upto {
+        Some(upto) if core.cluster.is_some() => cluster::note_ack(core, account, upto, now),
+        Some(upto) => core.store.ack(core.dir.name(account), upto),
+        None => {}
     }
     pump(core, account);
 }

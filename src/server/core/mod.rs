@@ -460,7 +460,12 @@ impl Core {
     /// Cluster mode: this iteration's batch for the broker, numbered like journal
     /// batches (report it with [`Core::handle_durable`] once every record in it is
     /// acknowledged).
-    pub fn poll_cluster(&mut self) -> Option<(u64, Vec<Op>)> {
+    pub fn poll_cluster(&mut self, now: Instant) -> Option<(u64, Vec<Op>)> {
+        if let Some(c) = self.cluster.as_deref()
+            && c.acks_due().is_some_and(|t| t <= now)
+        {
+            cluster::flush_acks(self, None);
+        }
         self.store.take_ops()
     }
 
@@ -573,7 +578,11 @@ impl Core {
 
     /// When [`Core::handle_timeout`] is next due.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let timers = self.timers.next_deadline();
+        let acks = self.cluster.as_deref().and_then(cluster::Cluster::acks_due);
+        let timers = [self.timers.next_deadline(), acks]
+            .into_iter()
+            .flatten()
+            .min();
         match (timers, self.outbox.deferred_until()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -728,6 +737,7 @@ impl Core {
                 self.messaging.give_back(a.account, a.inflight);
                 if self.cluster.is_some() {
                     // Announced everywhere when the logout comes back from the stream.
+                    cluster::flush_acks(self, Some(a.account));
                     return cluster::logged_out(self, a.account, at);
                 }
                 presence::announce(self, a.account, false);
