@@ -101,6 +101,50 @@ impl Drop for Nats {
     }
 }
 
+/// Ports free right now on loopback (for servers that must know each other's ports
+/// before they start).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
+}
+
+/// Three `nats-server`s routed into one JetStream cluster.
+fn nats_cluster() -> Vec<Nats> {
+    let ports = free_ports(6);
+    let routes: Vec<String> = ports[3..]
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let routes = routes.join(",");
+    (0..3)
+        .map(|i| {
+            let dir = scratch_dir();
+            let extra: Vec<String> = [
+                "--server_name".to_string(),
+                format!("s{i}"),
+                "--cluster_name".into(),
+                "natter-test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{}", ports[3 + i]),
+                "--routes".into(),
+                routes.clone(),
+            ]
+            .into();
+            let (child, port) = Nats::spawn(&dir, i32::from(ports[i]), &extra);
+            Nats {
+                child,
+                port,
+                dir,
+                extra,
+            }
+        })
+        .collect()
+}
+
 /// A natterd node of the cluster on `nats`, with the standard test credentials.
 fn node(nats: &Nats, name: &str, extra: &[&str]) -> Server {
     let url = nats.url();
@@ -321,4 +365,66 @@ fn a_restarted_node_rebuilds_its_state_from_the_stream() {
     assert_eq!(leia.request("WHOELSESINCE 60"), "+USERS hans vader yoda");
     let mut hans = n1.login("hans", "falcon*solo");
     assert_eq!(hans.request("WHOELSE"), "+USERS leia vader");
+}
+
+#[test]
+fn a_three_server_broker_with_three_replicas_survives_losing_a_server() {
+    let mut servers = nats_cluster();
+    let urls = |order: [usize; 3]| -> String {
+        order
+            .iter()
+            .map(|&i| servers[i].url())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (u1, u2) = (urls([0, 1, 2]), urls([1, 2, 0]));
+    let start = |urls: &str, name: &str| {
+        Server::start(&[
+            "0",
+            "--in-memory",
+            "--cluster",
+            urls,
+            "--node",
+            name,
+            "--cluster-replicas",
+            "3",
+        ])
+    };
+    let n1 = start(&u1, "n1");
+    let n2 = start(&u2, "n2");
+    let mut hans = n1.login("hans", "falcon*solo");
+    let mut yoda = n2.login("yoda", "wise@!man");
+    hans.expect("*LOGIN yoda");
+    assert_eq!(
+        hans.request("MSG leia stored on three servers"),
+        "+STORED leia"
+    );
+    // The server n1 is connected to dies: n1 moves to the next one by itself.
+    servers[0].kill9();
+    // A new JetStream leader is elected in a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !n1.log().contains("broker connection restored") {
+        assert!(
+            Instant::now() < deadline,
+            "n1 did not fail over: {}",
+            n1.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    hans.send("MSG yoda after the fail-over");
+    let reply = hans
+        .next_line_within(Duration::from_secs(15))
+        .expect("read")
+        .expect("a reply");
+    assert_eq!(reply, "+SENT yoda");
+    let got = yoda
+        .next_line_within(Duration::from_secs(15))
+        .expect("read")
+        .expect("a message");
+    assert!(got.ends_with(" hans after the fail-over"), "{got:?}");
+    // Nobody was presumed gone while n1 moved.
+    hans.expect_nothing_pending();
+    yoda.expect_nothing_pending();
+    let mut leia = n2.login("leia", "princess$1");
+    leia.expect_msg("hans", "stored on three servers");
 }

@@ -51,6 +51,13 @@ const INTRO_TIMEOUT: Duration = Duration::from_secs(3);
 /// connection is presumed dead and made again.
 const BROKER_SILENCE: Duration = Duration::from_secs(6);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A JetStream set-up request unanswered this long is asked again.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The consumer sends an idle heartbeat every second: this long without one (or a
+/// record) and it is made again.
+const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
+/// A publish unacknowledged this long is sent again (same id: counted once).
+const PUB_TIMEOUT: Duration = Duration::from_secs(4);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How often acknowledged messages are purged from the stream (one API request per
@@ -164,6 +171,7 @@ struct Pub {
     /// The login claim it carries (a lost compare-and-set is reported for it).
     claim: Option<u64>,
     sent: bool,
+    sent_at: Instant,
 }
 
 /// The connection to the broker and everything waiting on it.
@@ -208,6 +216,9 @@ pub struct Broker {
     next_purge: Instant,
     told_healthy: Option<bool>,
     ever_ready: bool,
+    setup_deadline: Option<Instant>,
+    /// Last delivery or idle heartbeat from the consumer.
+    consumer_rx: Instant,
 }
 
 impl Broker {
@@ -247,6 +258,8 @@ impl Broker {
             next_purge: now,
             told_healthy: None,
             ever_ready: false,
+            setup_deadline: None,
+            consumer_rx: now,
         }
     }
 
@@ -482,6 +495,7 @@ impl Broker {
     }
 
     fn create_stream(&mut self) {
+        self.setup_deadline = Some(Instant::now() + SETUP_TIMEOUT);
         let cfg = json!({
             "name": self.cfg.stream,
             "subjects": [record::STREAM_SUBJECTS],
@@ -510,6 +524,7 @@ impl Broker {
         }
         self.generation += 1;
         self.consumer_seq = 0;
+        self.consumer_rx = Instant::now();
         let deliver = format!("natter.d.{:016x}.{}", self.inc, self.generation);
         nats::sub(&mut self.out, &deliver, SID_CONSUMER + self.generation);
         let mut config = json!({
@@ -517,6 +532,9 @@ impl Broker {
             "ack_policy": "none",
             "replay_policy": "instant",
             "inactive_threshold": 10_000_000_000u64,
+            // Proof of life when there is nothing to deliver: a consumer that died
+            // with a broker server is noticed and made again.
+            "idle_heartbeat": 1_000_000_000u64,
             "mem_storage": true,
             "num_replicas": 1,
         });
@@ -584,7 +602,17 @@ impl Broker {
 
     /// A record from the consumer.
     fn on_record(&mut self, core: &mut Core, m: Msg<'_>, now: Instant) {
+        self.consumer_rx = now;
         if m.status().is_some() {
+            // An idle heartbeat (100): says which record was delivered last.
+            if let Some(last) = m
+                .header("Nats-Last-Consumer")
+                .and_then(|c| c.parse::<u64>().ok())
+                && last > self.consumer_seq
+            {
+                warn!("stream consumer lost records up to {last}: making a new one");
+                self.create_consumer();
+            }
             return;
         }
         let Some((sseq, cseq, pending)) = m.reply.and_then(ack_numbers) else {
@@ -829,6 +857,7 @@ impl Broker {
         }
         nats::hpublish(&mut self.out, &p.subject, &reply, &headers, &p.payload);
         p.sent = true;
+        p.sent_at = Instant::now();
     }
 
     /// Each iteration: takes the core's batches, keeps time (reconnects, heartbeats,
@@ -913,6 +942,7 @@ impl Broker {
                 rollup: rec.rolls_up(),
                 claim,
                 sent: false,
+                sent_at: Instant::now(),
             },
         );
         if self.state == State::Ready {
@@ -941,21 +971,47 @@ impl Broker {
                 core.handle_intro_answer(id, IntroAnswer::Offline, now);
             }
         }
+        if matches!(self.state, State::Setup | State::Ready) && self.next_beat <= now {
+            // Heard from as soon as connected: a broker electing a JetStream leader
+            // (the stream is not ready yet) must not make other nodes think this one
+            // is gone.
+            self.next_beat = now + HEARTBEAT;
+            let beat = format!("{} {:016x}", self.cfg.node, self.inc);
+            nats::publish(&mut self.out, "natter.c.hb", None, beat.as_bytes());
+            if self.state == State::Ready {
+                self.check_nodes(core, now);
+            }
+        }
+        if self.state == State::Setup && self.setup_deadline.is_some_and(|t| t <= now) {
+            // A JetStream request unanswered (the broker has no leader yet): again.
+            debug!("stream set-up unanswered; asking again");
+            self.create_stream();
+        }
         if self.state != State::Ready {
             return;
         }
         if now.saturating_duration_since(self.last_rx) > BROKER_SILENCE {
             return self.disconnect(registry, "the broker went silent", now);
         }
-        if self.retry_pubs_at.is_some_and(|t| t <= now) {
-            self.retry_pubs_at = None;
-            self.send_pubs();
+        if now.saturating_duration_since(self.consumer_rx) > CONSUMER_SILENCE {
+            warn!("stream consumer silent (its broker server gone?): making a new one");
+            self.create_consumer();
         }
-        if self.next_beat <= now {
-            self.next_beat = now + HEARTBEAT;
-            let beat = format!("{} {:016x}", self.cfg.node, self.inc);
-            nats::publish(&mut self.out, "natter.c.hb", None, beat.as_bytes());
-            self.check_nodes(core, now);
+        let stale = self
+            .pubs
+            .values()
+            .next()
+            .is_some_and(|p| p.sent && now.saturating_duration_since(p.sent_at) > PUB_TIMEOUT);
+        if stale || self.retry_pubs_at.is_some_and(|t| t <= now) {
+            // Unacknowledged for long (lost in a broker fail-over) or refused for a
+            // while: sent again; the broker's duplicate window makes it count once.
+            self.retry_pubs_at = None;
+            for p in self.pubs.values_mut() {
+                if now.saturating_duration_since(p.sent_at) > PUB_TIMEOUT {
+                    p.sent = false;
+                }
+            }
+            self.send_pubs();
         }
         if self.next_purge <= now && !self.purges.is_empty() {
             self.next_purge = now + PURGE_EVERY;
@@ -1014,11 +1070,23 @@ impl Broker {
         .flatten()
         .chain(self.intros.values().map(|(_, d)| *d))
         .min();
+        if self.state == State::Setup {
+            let more = [Some(self.next_beat), self.setup_deadline];
+            t = t.into_iter().chain(more.into_iter().flatten()).min();
+        }
         if self.state == State::Ready {
+            let oldest = self
+                .pubs
+                .values()
+                .next()
+                .filter(|p| p.sent)
+                .map(|p| p.sent_at + PUB_TIMEOUT);
             let more = [
                 Some(self.next_beat),
                 self.retry_pubs_at,
                 Some(self.last_rx + BROKER_SILENCE),
+                Some(self.consumer_rx + CONSUMER_SILENCE),
+                oldest,
             ];
             t = t.into_iter().chain(more.into_iter().flatten()).min();
         }
