@@ -127,6 +127,10 @@ pub(super) fn bye(reason: &str) -> String {
         "connecting-too-fast" => {
             "Disconnected by the server: connecting too often, try again in a minute".to_string()
         }
+        "cluster-lost" => {
+            "Disconnected by the server: it lost contact with the other servers; log in again"
+                .to_string()
+        }
         "tls-required" => {
             "Disconnected by the server: it only accepts encrypted connections (leave out --plaintext)"
                 .to_string()

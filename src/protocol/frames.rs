@@ -541,6 +541,9 @@ pub enum ByeReason {
     ConnectingTooFast,
     /// Plain text from a non-local address: this server requires TLS.
     TlsRequired,
+    /// Cluster mode: the other nodes logged this session out while its node was cut
+    /// off from them.
+    ClusterLost,
 }
 
 impl ByeReason {
@@ -555,6 +558,7 @@ impl ByeReason {
             ByeReason::TooManyConnections => "too-many-connections",
             ByeReason::ConnectingTooFast => "connecting-too-fast",
             ByeReason::TlsRequired => "tls-required",
+            ByeReason::ClusterLost => "cluster-lost",
         }
     }
 }

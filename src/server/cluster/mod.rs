@@ -17,7 +17,7 @@
 //!   reported gone ([`Core::handle_node_gone`]); an older incarnation of this node's
 //!   own name at once.
 //! - **Purges**: acknowledged messages are purged from the stream (per recipient,
-//!   at most every 30 s), so the stream holds what is still undelivered plus the
+//!   at most 32 requests a second), so the stream holds what is still undelivered plus the
 //!   latest record of each other subject.
 //!
 //! While the connection is down the core is told the store is unavailable
@@ -60,9 +60,10 @@ const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
 const PUB_TIMEOUT: Duration = Duration::from_secs(4);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// How often acknowledged messages are purged from the stream (one API request per
-/// recipient with acknowledgements since the last time).
-const PURGE_EVERY: Duration = Duration::from_secs(30);
+/// Purge requests per second (each removes one recipient's acknowledged messages from
+/// the stream): a purge is costly for the broker, so they are spread out, and a busy
+/// recipient's acknowledgements are gathered for longer.
+const PURGES_PER_SECOND: usize = 32;
 /// Output queued for the broker beyond which new messages are refused until it drains.
 const MAX_QUEUED: usize = 32 << 20;
 
@@ -219,6 +220,7 @@ pub struct Broker {
     setup_deadline: Option<Instant>,
     /// Last delivery or idle heartbeat from the consumer.
     consumer_rx: Instant,
+    consumer_made: Instant,
 }
 
 impl Broker {
@@ -260,6 +262,7 @@ impl Broker {
             ever_ready: false,
             setup_deadline: None,
             consumer_rx: now,
+            consumer_made: now,
         }
     }
 
@@ -505,7 +508,7 @@ impl Broker {
             "discard": "new",
             "allow_rollup_hdrs": true,
             "allow_direct": true,
-            "duplicate_window": 120_000_000_000u64,
+            "duplicate_window": 30_000_000_000u64,
         });
         let subject = self.api("STREAM.CREATE");
         let reply = self.inbox('s', 1);
@@ -518,11 +521,21 @@ impl Broker {
     }
 
     /// A new consumer from the record after the last applied one.
+    fn consumer_name(&self, generation: u64) -> String {
+        format!("natter-{:016x}-{generation}", self.inc)
+    }
+
     fn create_consumer(&mut self) {
         if self.generation > 0 {
+            // The one it replaces goes at once (not after its inactivity threshold).
             nats::unsub(&mut self.out, SID_CONSUMER + self.generation);
+            let old = self.consumer_name(self.generation);
+            let subject = format!("{}.{old}", self.api("CONSUMER.DELETE"));
+            let reply = self.inbox('x', 0);
+            nats::publish(&mut self.out, &subject, Some(&reply), b"");
         }
         self.generation += 1;
+        self.consumer_made = Instant::now();
         self.consumer_seq = 0;
         self.consumer_rx = Instant::now();
         let deliver = format!("natter.d.{:016x}.{}", self.inc, self.generation);
@@ -544,8 +557,10 @@ impl Broker {
             config["deliver_policy"] = json!("by_start_sequence");
             config["opt_start_seq"] = json!(self.applied + 1);
         }
+        let name = self.consumer_name(self.generation);
+        config["name"] = json!(name);
         let body = json!({"stream_name": self.cfg.stream, "config": config});
-        let subject = self.api("CONSUMER.CREATE");
+        let subject = format!("{}.{name}", self.api("CONSUMER.CREATE"));
         let reply = self.inbox('s', 2);
         nats::publish(
             &mut self.out,
@@ -993,7 +1008,13 @@ impl Broker {
         if now.saturating_duration_since(self.last_rx) > BROKER_SILENCE {
             return self.disconnect(registry, "the broker went silent", now);
         }
-        if now.saturating_duration_since(self.consumer_rx) > CONSUMER_SILENCE {
+        // A consumer silent while the connection is not (our own heartbeats come back
+        // every second) died with its server; a broker that is slow as a whole is
+        // waited for, and a new consumer is given time to start.
+        if now.saturating_duration_since(self.consumer_rx) > CONSUMER_SILENCE
+            && now.saturating_duration_since(self.last_rx) < HEARTBEAT * 2
+            && now.saturating_duration_since(self.consumer_made) > CONSUMER_SILENCE * 3
+        {
             warn!("stream consumer silent (its broker server gone?): making a new one");
             self.create_consumer();
         }
@@ -1014,9 +1035,18 @@ impl Broker {
             self.send_pubs();
         }
         if self.next_purge <= now && !self.purges.is_empty() {
-            self.next_purge = now + PURGE_EVERY;
+            self.next_purge = now + Duration::from_secs(1);
             let subject = self.api("STREAM.PURGE");
-            for (to, below) in std::mem::take(&mut self.purges) {
+            let batch: Vec<Box<str>> = self
+                .purges
+                .keys()
+                .take(PURGES_PER_SECOND)
+                .cloned()
+                .collect();
+            for to in batch {
+                let Some(below) = self.purges.remove(&to) else {
+                    continue;
+                };
                 let filter = format!("natter.s.mail.{}", record::escape(&to));
                 let body = json!({"filter": filter, "seq": below}).to_string();
                 let reply = self.inbox('x', 0);

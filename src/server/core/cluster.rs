@@ -453,7 +453,7 @@ pub(super) fn apply(core: &mut Core, seq: u64, rec: Rec, now: Instant) {
                     "conn {key}: user {} was logged out by the cluster",
                     core.dir.name(id)
                 );
-                core.bye(key, ByeReason::Shutdown, CloseReason::Removed, now);
+                core.bye(key, ByeReason::ClusterLost, CloseReason::Removed, now);
             }
             let a = core.dir.get_mut(id);
             a.last_seen = a.last_seen.max(Some(at));
