@@ -428,3 +428,26 @@ fn a_three_server_broker_with_three_replicas_survives_losing_a_server() {
     let mut leia = n2.login("leia", "princess$1");
     leia.expect_msg("hans", "stored on three servers");
 }
+
+#[test]
+fn a_stopped_node_logs_its_users_out_at_once() {
+    let nats = Nats::start();
+    let n1 = node(&nats, "n1", &[]);
+    let n2 = node(&nats, "n2", &[]);
+    let mut hans = n1.login("hans", "falcon*solo");
+    let mut yoda = n2.login("yoda", "wise@!man");
+    hans.expect("*LOGIN yoda");
+    let stopped = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(n2.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    yoda.expect("*BYE shutdown");
+    hans.expect("*LOGOUT yoda");
+    // Told by the stopping node itself, not found out by missing heartbeats (5 s).
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        stopped.elapsed()
+    );
+    let mut yoda = n1.login("yoda", "wise@!man");
+    assert_eq!(yoda.request("WHOELSE"), "+USERS hans");
+}

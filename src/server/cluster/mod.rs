@@ -16,9 +16,11 @@
 //!   an incarnation with users online that has not been heard for [`DEAD_AFTER`] is
 //!   reported gone ([`Core::handle_node_gone`]); an older incarnation of this node's
 //!   own name at once.
-//! - **Purges**: acknowledged messages are purged from the stream (per recipient,
-//!   at most 32 requests a second), so the stream holds what is still undelivered plus the
-//!   latest record of each other subject.
+//! - **Purges**: once a second, all mail below the lowest message any user still
+//!   waits for (one request, [`Core::mail_watermark`]); recipients acknowledged above
+//!   it (old mail waiting for someone holds the mark back) a few per second, one
+//!   request each. The stream holds what is still undelivered plus the latest record
+//!   of each other subject.
 //!
 //! While the connection is down the core is told the store is unavailable
 //! (new messages are refused as on a full disk), and the connection is made again with
@@ -63,7 +65,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Purge requests per second (each removes one recipient's acknowledged messages from
 /// the stream): a purge is costly for the broker, so they are spread out, and a busy
 /// recipient's acknowledgements are gathered for longer.
-const PURGES_PER_SECOND: usize = 32;
+const PURGES_PER_SECOND: usize = 4;
 /// Output queued for the broker beyond which new messages are refused until it drains.
 const MAX_QUEUED: usize = 32 << 20;
 
@@ -218,6 +220,8 @@ pub struct Broker {
     told_healthy: Option<bool>,
     ever_ready: bool,
     setup_deadline: Option<Instant>,
+    /// The mail watermark last purged below.
+    purged_below: u64,
     /// Last delivery or idle heartbeat from the consumer.
     consumer_rx: Instant,
     consumer_made: Instant,
@@ -261,6 +265,7 @@ impl Broker {
             told_healthy: None,
             ever_ready: false,
             setup_deadline: None,
+            purged_below: 0,
             consumer_rx: now,
             consumer_made: now,
         }
@@ -1034,9 +1039,22 @@ impl Broker {
             }
             self.send_pubs();
         }
-        if self.next_purge <= now && !self.purges.is_empty() {
+        if self.next_purge <= now && self.caught_up {
             self.next_purge = now + Duration::from_secs(1);
             let subject = self.api("STREAM.PURGE");
+            // Everything below the lowest unacknowledged message, in one request:
+            // cheap, and enough while nothing old waits. Never past what this replica
+            // has applied (a later record may be mail it has not seen yet).
+            let mark = core.mail_watermark().min(self.applied + 1);
+            if mark > self.purged_below {
+                self.purged_below = mark;
+                let body = json!({"filter": "natter.s.mail.>", "seq": mark}).to_string();
+                let reply = self.inbox('x', 0);
+                nats::publish(&mut self.out, &subject, Some(&reply), body.as_bytes());
+            }
+            // Recipients above it (old mail waiting for someone holds the mark back):
+            // one recipient per request, a few a second, as these are costly.
+            self.purges.retain(|_, below| *below > mark);
             let batch: Vec<Box<str>> = self
                 .purges
                 .keys()

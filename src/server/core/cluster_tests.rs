@@ -425,3 +425,25 @@ fn while_the_broker_is_away_nothing_is_promised_and_nothing_is_lost() {
     net.nodes[0].core.handle_store_health(true);
     assert_eq!(net.ask(0, hans, "BLOCK yoda"), ["+BLOCKED yoda"]);
 }
+
+#[test]
+fn a_node_cut_off_too_long_finds_its_users_logged_out_and_says_so() {
+    let mut net = Net::new(2);
+    let hans = net.login(0, "hans");
+    let yoda = net.login(1, "yoda");
+    net.lines(0, hans);
+    // Node 0 presumes node 1 gone (as after 5 s without its heartbeats)...
+    let inc = net.nodes[1].inc;
+    net.nodes[0].core.handle_node_gone(inc, net.now);
+    net.settle();
+    assert_eq!(net.lines(0, hans), ["*LOGOUT yoda"]);
+    // ...and node 1, hearing the stream again, ends yoda's session there too.
+    assert_eq!(net.lines(1, yoda), ["*BYE cluster-lost"]);
+    // Reported twice (two nodes noticing): one logout between them.
+    net.nodes[0].core.handle_node_gone(inc, net.now);
+    net.settle();
+    assert_eq!(net.lines(0, hans), none());
+    // yoda logs in again, on the same node or another.
+    net.login(1, "yoda");
+    assert_eq!(net.lines(0, hans), ["*LOGIN yoda"]);
+}

@@ -256,6 +256,11 @@ impl<T: Default> Default for PerAccount<T> {
 }
 
 impl<T: Default> PerAccount<T> {
+    /// Every entry the table reaches.
+    pub(super) fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+
     pub(super) fn get(&self, id: AccountId) -> Option<&T> {
         self.0.get(id as usize)
     }

@@ -457,6 +457,23 @@ impl Core {
             .unwrap_or_default()
     }
 
+    /// Cluster mode: the lowest message id not yet acknowledged, as far as this replica
+    /// knows (every undelivered message is in some mailbox of the replica or in one of
+    /// this node's in-flight windows): every message below it has been received, so the
+    /// stream may drop it. `u64::MAX` if nothing is waiting.
+    pub fn mail_watermark(&self) -> u64 {
+        let mailboxes = self
+            .messaging
+            .mailboxes
+            .values()
+            .filter_map(|m| m.front_id());
+        let inflight = self.sessions.iter().filter_map(|(_, s)| match &s.phase {
+            session::Phase::Active(a) => a.inflight.iter().next().map(|e| e.id),
+            _ => None,
+        });
+        mailboxes.chain(inflight).min().unwrap_or(u64::MAX)
+    }
+
     /// Cluster mode: this iteration's batch for the broker, numbered like journal
     /// batches (report it with [`Core::handle_durable`] once every record in it is
     /// acknowledged).
