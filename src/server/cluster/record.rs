@@ -267,9 +267,18 @@ pub fn unescape(token: &str) -> Option<Box<str>> {
     let mut it = token.bytes();
     while let Some(b) = it.next() {
         if b == b'~' {
-            let hi = (it.next()? as char).to_digit(16)?;
-            let lo = (it.next()? as char).to_digit(16)?;
-            bytes.push((hi * 16 + lo) as u8);
+            // Exactly what `escape` writes (upper-case hex, only for bytes it
+            // escapes), so every name has one token and every token one name.
+            let hex = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'A'..=b'F' => Some(c - b'A' + 10),
+                _ => None,
+            };
+            let byte = hex(it.next()?)? * 16 + hex(it.next()?)?;
+            if byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_' {
+                return None;
+            }
+            bytes.push(byte);
         } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
             bytes.push(b);
         } else {
@@ -296,6 +305,10 @@ mod tests {
         }
         assert_ne!(escape("~41"), escape("A"));
         assert_eq!(unescape("a.b"), None);
+        // One token per name: no lower-case hex, no escaping what needs none.
+        assert_eq!(unescape("~2e"), None);
+        assert_eq!(unescape("~41"), None);
+        assert_eq!(unescape("~2E").as_deref(), Some("."));
     }
 
     #[test]
