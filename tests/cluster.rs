@@ -451,3 +451,53 @@ fn a_stopped_node_logs_its_users_out_at_once() {
     let mut yoda = n1.login("yoda", "wise@!man");
     assert_eq!(yoda.request("WHOELSE"), "+USERS hans");
 }
+
+#[test]
+fn nodes_started_at_once_in_one_directory_share_one_certificate() {
+    let nats = Nats::start();
+    let dir = scratch_dir();
+    std::fs::write(dir.join("credentials.txt"), common::CREDENTIALS).expect("credentials");
+    let url = nats.url();
+    let spawn = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_natterd"))
+            .args([
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--cluster",
+                &url,
+                "--node",
+                name,
+            ])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn natterd")
+    };
+    let mut nodes = [spawn("n1"), spawn("n2")];
+    let mut fingerprints = Vec::new();
+    for n in &mut nodes {
+        let mut line = String::new();
+        BufReader::new(n.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening line");
+        assert!(line.starts_with("natterd listening on "), "{line:?}");
+        let fp = BufReader::new(n.stderr.take().expect("stderr"))
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.strip_prefix("natterd: TLS certificate fingerprint ")
+                    .map(str::to_string)
+            })
+            .expect("fingerprint line");
+        fingerprints.push(fp);
+    }
+    for n in &mut nodes {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
+    assert_eq!(fingerprints[0], fingerprints[1]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -51,6 +51,18 @@ pub fn load(source: &CertSource) -> Result<Identity, String> {
         CertSource::Files { cert, key } => read_pair(cert, key)?,
         CertSource::Generated { dir } => {
             let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+            // Several natterd started at once in one directory (cluster nodes on one
+            // machine) must not each write half a pair: one generates, the others
+            // wait and read it.
+            let lock_path = dir.join("tls.lock");
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)
+                .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+            let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| format!("{}: {e}", lock_path.display()))?;
             if !cert.exists() || !key.exists() {
                 let (cert_pem, key_pem) = generate()?;
                 write_private(&key, key_pem.as_bytes())?;

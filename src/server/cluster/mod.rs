@@ -714,6 +714,20 @@ impl Broker {
                     self.state = State::Down;
                     return;
                 }
+                let last = v
+                    .get("state")
+                    .and_then(|st| st.get("last_seq"))
+                    .and_then(Value::as_u64);
+                if let Some(last) = last.filter(|&l| l < self.applied) {
+                    // The broker lost its storage (or the stream was deleted): what
+                    // this node applied is gone from the cluster. Apply the new stream
+                    // from its start; restarting every node gives clean replicas.
+                    error!(
+                        "stream {} ends at {last}, before what this node applied ({}): the broker lost the cluster's state; restart the nodes",
+                        self.cfg.stream, self.applied
+                    );
+                    self.applied = 0;
+                }
                 match (err, code) {
                     (None, _) => {}
                     (Some(_), Some(ERR_STREAM_NAME_IN_USE)) => {

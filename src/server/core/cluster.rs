@@ -261,6 +261,14 @@ pub(super) fn claim_conflict(
         return;
     };
     let (key, account) = (claim.key, claim.account);
+    if let Some((_, Rec::Login { inc, serial: s, .. })) = &current
+        && *inc == c.inc
+        && *s == serial
+    {
+        // Our own claim, sent again after its acknowledgement was lost: it is in the
+        // stream, and the welcome comes when it is applied.
+        return;
+    }
     let online_elsewhere = matches!(current, Some((_, Rec::Login { .. })));
     if !online_elsewhere && claim.retries < MAX_RETRIES {
         // A logout this replica had not applied yet: claim again after it.
