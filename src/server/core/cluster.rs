@@ -41,11 +41,10 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::directory::{PerAccount, Remote};
-use super::session::{Active, Gate, Phase};
+use super::session::{Gate, Phase};
 use super::{AccountId, CloseReason, Core, Cx, Stored, messaging, presence};
 use crate::protocol::frames::{self, ByeReason, ErrorCode, Push, Reply};
 use crate::server::cluster::record::Rec;
-use crate::server::flood::TokenBucket;
 
 /// What the core asks of the cluster (taken with [`super::Core::poll_cluster`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -540,25 +539,7 @@ fn welcome(core: &mut Core, cl: Claim, now: Instant) {
         peer_key,
         ..
     } = cl;
-    let name = core.dir.name(id).to_owned();
-    core.dir.set_online(id, key);
-    core.dir.get_mut(id).peer_key = peer_key;
-    core.stats.logins += 1;
-    let s = &mut core.sessions[key];
-    info!("conn {key}: user {name} logged in from {}", s.ip);
-    s.gate = Gate::Open;
-    let serial = s.serial;
-    s.phase = Phase::Active(Active {
-        account: id,
-        last_activity: now,
-        peer_port: port,
-        inflight: Default::default(),
-        intros: TokenBucket::full(super::private::RATE, now),
-    });
-    super::timers::rearm(core, key, serial);
-    core.reply(key, Reply::Welcome);
-    messaging::pump(core, id);
-    presence::announce(core, id, true);
+    super::login::enter(core, key, id, port, peer_key, now);
     core.reap_overflowed(now);
     super::dispatch::resume_input(core, key, now);
 }

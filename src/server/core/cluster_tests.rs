@@ -104,14 +104,7 @@ impl Net {
                 }
             }
             for n in &mut self.nodes {
-                let out = &mut n.out;
-                n.core.poll_transmit(
-                    |key, bytes| {
-                        out.entry(key).or_default().extend_from_slice(bytes);
-                        Ok(bytes.len())
-                    },
-                    self.now,
-                );
+                super::tests::transmit(&mut n.core, &mut n.out, self.now);
                 while n.core.poll_resumed().is_some() {}
                 while n.core.poll_closed().is_some() {}
                 moved |= n.core.poll_timeout().is_some_and(|t| t <= self.now);

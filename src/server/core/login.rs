@@ -345,11 +345,29 @@ fn finish(
     // Success.
     let at = core.store.wall_ms(now);
     core.store.login(&name, at);
+    enter(core, key, id, port, peer_key, now);
+}
+
+/// A login succeeded (here, or in cluster mode once the stream confirmed it): the
+/// session becomes active, is welcomed, gets its stored messages, and everyone is told.
+pub(super) fn enter(
+    core: &mut Core,
+    key: usize,
+    id: AccountId,
+    port: Option<u16>,
+    peer_key: Option<Box<str>>,
+    now: Instant,
+) {
     core.dir.set_online(id, key);
     core.dir.get_mut(id).peer_key = peer_key;
     core.stats.logins += 1;
-    info!("conn {key}: user {name} logged in from {ip}");
     let s = &mut core.sessions[key];
+    info!(
+        "conn {key}: user {} logged in from {}",
+        core.dir.name(id),
+        s.ip
+    );
+    s.gate = Gate::Open;
     let serial = s.serial;
     s.phase = Phase::Active(Active {
         account: id,

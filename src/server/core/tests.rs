@@ -88,14 +88,7 @@ impl Harness {
         if self.auto_durable {
             self.make_durable();
         }
-        let out = &mut self.out;
-        self.core.poll_transmit(
-            |key, bytes| {
-                out.entry(key).or_default().extend_from_slice(bytes);
-                Ok(bytes.len())
-            },
-            self.now,
-        );
+        transmit(&mut self.core, &mut self.out, self.now);
         while self.core.poll_resumed().is_some() {}
         while let Some(k) = self.core.poll_closed() {
             self.closed.insert(k);
@@ -159,6 +152,17 @@ impl Harness {
     fn is_closed(&self, key: usize) -> bool {
         self.closed.contains(&key)
     }
+}
+
+/// The loop's flush with no sockets: every connection's output into `out`, all taken.
+pub(super) fn transmit(core: &mut Core, out: &mut HashMap<usize, Vec<u8>>, now: Instant) {
+    core.poll_transmit(
+        |key, bytes| {
+            out.entry(key).or_default().extend_from_slice(bytes);
+            Ok(bytes.len())
+        },
+        now,
+    );
 }
 
 fn core() -> Harness {
