@@ -10,11 +10,21 @@ pub fn parse_args<T: clap::Parser>(program: &str) -> Result<T, ExitCode> {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        // The message is its lines up to the first blank one (a list of missing
+        // arguments is indented below its first line); the usage block follows.
         let text = e.render().to_string();
-        eprintln!(
-            "{program}: {}",
-            text.lines().next().unwrap_or("invalid arguments")
-        );
+        let message: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.is_empty())
+            .collect();
+        let message = message.join(" ");
+        let message = if message.is_empty() {
+            "invalid arguments"
+        } else {
+            &message
+        };
+        eprintln!("{program}: {message}");
         ExitCode::from(2)
     })
 }

@@ -423,3 +423,48 @@ fn password_guess_floods_cannot_starve_a_genuine_login() {
     assert!(hashed <= 16, "{hashed} hashes computed");
     assert_eq!(counter(&s, "verify_queued"), 0);
 }
+
+#[test]
+fn cluster_flags_are_checked_and_an_unreachable_broker_is_a_clear_error() {
+    let dir = common::scratch_dir();
+    std::fs::write(dir.join("credentials.txt"), CREDENTIALS).unwrap();
+    let run = |args: &[&str]| {
+        let child = Command::new(env!("CARGO_BIN_EXE_natterd"))
+            .args(["0", "--bind", "127.0.0.1", "--in-memory"])
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The broker is waited for 10 s at start; give it a little more.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut child = child;
+        let code = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "natterd did not give up");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (code, err)
+    };
+    let (code, err) = run(&["--cluster", "nats://127.0.0.1:4222"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--node"), "{err}");
+    let (code, err) = run(&["--cluster", "http://x", "--node", "a"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err) = run(&["--cluster", "nats://127.0.0.1:4222", "--node", "a.b"]);
+    assert_eq!(code, 2, "{err}");
+    // Port 1 on loopback: nothing listens there.
+    let (code, err) = run(&["--cluster", "nats://127.0.0.1:1", "--node", "a"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.lines().any(|l| l == "natterd: cannot join the cluster: no JetStream broker ready at 127.0.0.1:1 within 10s"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
