@@ -402,7 +402,7 @@ pub(super) fn apply(core: &mut Core, seq: u64, rec: Rec, now: Instant) {
             ..
         } => {
             let id = core.dir.id_or_ghost(&who);
-            reset_failures(core, id);
+            super::login::reset_failures(core, id);
             let c = cluster(core);
             let seen = c.seen.get_mut(id);
             let previous = seen.login;
@@ -440,7 +440,7 @@ pub(super) fn apply(core: &mut Core, seq: u64, rec: Rec, now: Instant) {
         }
         Rec::Logout { who, at, login } => {
             let id = core.dir.id_or_ghost(&who);
-            reset_failures(core, id);
+            super::login::reset_failures(core, id);
             let seen = cluster(core).seen.get_mut(id);
             seen.last = seq;
             let current = seen.login;
@@ -511,11 +511,6 @@ pub(super) fn apply(core: &mut Core, seq: u64, rec: Rec, now: Instant) {
             super::dispatch::resume_input(core, key, now);
         }
     }
-}
-
-/// A success (or a logout) starts a new series of wrong passwords.
-fn reset_failures(core: &mut Core, id: AccountId) {
-    super::login::reset_failures(core, id);
 }
 
 fn forget_remote(core: &mut Core, id: AccountId) {

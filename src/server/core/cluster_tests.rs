@@ -9,16 +9,9 @@ use std::time::{Duration, Instant};
 
 use super::cluster::{IntroAnswer, Op};
 use super::{Core, CoreConfig};
-use crate::server::accounts::Credential;
 use crate::server::cluster::record::Rec;
 
-const USERS: &[(&str, &str)] = &[
-    ("hans", "falcon*solo"),
-    ("yoda", "wise@!man"),
-    ("vader", "sithlord**"),
-    ("luke", "jedi*knight"),
-    ("leia", "princess$1"),
-];
+use super::tests::{USERS, credentials};
 
 struct Node {
     core: Core,
@@ -46,14 +39,7 @@ impl Net {
         let now = Instant::now();
         let nodes = (0..n)
             .map(|i| {
-                let creds = USERS
-                    .iter()
-                    .map(|(n, p)| Credential {
-                        name: n.to_string(),
-                        password: p.to_string(),
-                    })
-                    .collect();
-                let mut core = Core::in_memory(creds, CoreConfig::default(), now);
+                let mut core = Core::in_memory(credentials(), CoreConfig::default(), now);
                 let inc = 1000 + i as u64;
                 core.join_cluster(&format!("n{i}"), inc);
                 Node {

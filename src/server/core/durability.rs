@@ -164,10 +164,6 @@ impl Durability {
     }
 
     pub(super) fn ack(&mut self, to: &str, upto: u64) {
-        if self.clustered {
-            let to = to.into();
-            return self.publish(Rec::Ack { to, upto }, None);
-        }
         self.store.record(Record::Ack { to, upto });
     }
 

@@ -12,13 +12,24 @@ use super::durability::JournalStore;
 use super::{Core, CoreConfig};
 use crate::server::accounts::Credential;
 
-const USERS: &[(&str, &str)] = &[
+pub(super) const USERS: &[(&str, &str)] = &[
     ("hans", "falcon*solo"),
     ("yoda", "wise@!man"),
     ("vader", "sithlord**"),
     ("luke", "jedi*knight"),
     ("leia", "princess$1"),
 ];
+
+/// The test accounts as credentials.
+pub(super) fn credentials() -> Vec<Credential> {
+    USERS
+        .iter()
+        .map(|(n, p)| Credential {
+            name: n.to_string(),
+            password: p.to_string(),
+        })
+        .collect()
+}
 
 /// A core and what it wrote to each connection.
 struct Harness {
@@ -39,13 +50,7 @@ impl Harness {
     }
 
     fn with(cfg: CoreConfig, journaled: bool) -> Harness {
-        let creds = USERS
-            .iter()
-            .map(|(n, p)| Credential {
-                name: n.to_string(),
-                password: p.to_string(),
-            })
-            .collect();
+        let creds = credentials();
         let now = Instant::now();
         let core = if journaled {
             Core::new(creds, cfg, Box::new(JournalStore::default()), now)
