@@ -2,7 +2,8 @@
 """End-to-end load benchmarks: natterd + natter-bench, medians of several runs.
 
 Usage: python3 benches/load.py [--runs 3] [--duration 5] [CASE ...]
-Builds nothing: run `cargo build --release` first. Every run starts a fresh natterd
+Builds nothing: run `cargo build --release` first (NATTERD_BIN=path measures another
+natterd build with the same cases). Every run starts a fresh natterd
 (its own temporary directory, data dir and credentials) on 127.0.0.1 port 0, runs one
 natter-bench scenario against it with --server-pid, and stops it. Prints one markdown
 row per case with the median of each reported number. Cases (default: all but churn):
@@ -37,7 +38,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NATTERD = os.path.join(ROOT, "target", "release", "natterd")
+NATTERD = os.environ.get("NATTERD_BIN") or os.path.join(ROOT, "target", "release", "natterd")
 BENCH = os.path.join(ROOT, "target", "release", "natter-bench")
 
 FSYNC = {"": [], "-everysec": ["--fsync", "everysec"], "-no": ["--fsync", "no"], "-memory": ["--in-memory"]}
