@@ -331,6 +331,12 @@ fn a_broker_restart_is_survived_and_nothing_acknowledged_is_lost() {
         });
     }
     assert_eq!(raw.request("MSG leia after"), "+STORED leia");
+    // The counters say where the broker connection stands.
+    let pid = nix::unistd::Pid::from_raw(n1.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1).expect("SIGUSR1");
+    common::wait_until("the counters line", || {
+        n1.log().contains(" broker=ready applied=")
+    });
     yoda.type_line("message leia from n2");
     yoda.type_line("whoelse");
     yoda.expect_set(&["hans", "luke"]);

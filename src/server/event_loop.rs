@@ -436,8 +436,13 @@ impl Server {
 
     /// The counters line: the core's, and the loop's admission refusals.
     fn stats_line(&self) -> String {
+        let broker = self
+            .broker
+            .as_ref()
+            .map(|b| format!(" {}", b.stats()))
+            .unwrap_or_default();
         format!(
-            "{} per_ip_refused={} rate_refused={}",
+            "{} per_ip_refused={} rate_refused={}{broker}",
             self.core.stats_line(),
             self.per_ip_refused,
             self.rate_refused

@@ -287,6 +287,18 @@ impl Broker {
         self.applied
     }
 
+    /// For the counters line: the connection's state and what waits on it.
+    pub fn stats(&self) -> String {
+        format!(
+            "broker={:?} applied={} unacknowledged={} queued_to_broker={}",
+            self.state,
+            self.applied,
+            self.pubs.len(),
+            self.out.len()
+        )
+        .to_lowercase()
+    }
+
     fn inbox(&self, kind: char, id: u64) -> String {
         format!("_INBOX.{:016x}.{kind}.{id}", self.inc)
     }
