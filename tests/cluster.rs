@@ -323,6 +323,11 @@ fn a_broker_restart_is_survived_and_nothing_acknowledged_is_lost() {
     hans.expect("Error. The server cannot store messages right now. Please try again later");
     hans.type_line("whoelse");
     hans.expect_set(&["luke", "yoda"]);
+    let mut late = Cli::start(&n1, &[], None);
+    late.type_line("leia");
+    late.type_line("princess$1");
+    late.expect("Error. The server cannot log you in right now. Please try again later");
+    assert_eq!(late.expect_exit().0, 1);
     nats.restart();
     // The nodes reconnect by themselves.
     for n in [&n1, &n2] {

@@ -500,6 +500,11 @@ impl Conversation {
                 self.show(r::ALREADY_ONLINE);
                 self.exit(1);
             }
+            // A cluster node that cannot reach its broker: the server hangs up.
+            ErrorCode::StoreUnavailable => {
+                self.show(r::LOGIN_UNAVAILABLE);
+                self.exit(1);
+            }
             // Too many logins waiting for the server's password check: try again.
             ErrorCode::RateLimited => {
                 self.show(r::RATE_LIMITED);
@@ -627,6 +632,7 @@ mod tests {
             ("-LOCKED_NOW", r::LOCKED_NOW),
             ("-LOCKED", r::LOCKED),
             ("-ALREADY_ONLINE", r::ALREADY_ONLINE),
+            ("-STORE_UNAVAILABLE", r::LOGIN_UNAVAILABLE),
         ] {
             let mut c = started(Some("vader"), None);
             c.server_line(reply);

@@ -79,6 +79,8 @@ pub(super) fn too_long(limit: &str) -> String {
     format!("Error. Line too long (limit {limit} bytes)")
 }
 pub(super) const RATE_LIMITED: &str = "Error. You are sending too fast; slow down";
+pub(super) const LOGIN_UNAVAILABLE: &str =
+    "Error. The server cannot log you in right now. Please try again later";
 pub(super) const STORE_UNAVAILABLE: &str =
     "Error. The server cannot store messages right now. Please try again later";
 pub(super) const SERVER_LOST: &str = "Connection to the server lost";
