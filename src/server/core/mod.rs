@@ -191,6 +191,11 @@ pub enum CloseReason {
 /// 4. [`Core::poll_batch`] (the journal batch of this iteration; hand it to the writer,
 ///    which numbers batches 1, 2, 3 ...) and [`Core::handle_durable`] (batches up to
 ///    a number are stored; releases held replies), [`Core::handle_store_health`];
+///    in cluster mode [`Core::poll_cluster`] instead of `poll_batch` (the broker
+///    connection reports durability the same way), and whatever the broker delivered:
+///    [`Core::handle_cluster_record`], [`Core::handle_claim_conflict`],
+///    [`Core::handle_cluster_broadcast`], [`Core::handle_intro_request`] /
+///    [`Core::handle_intro_answer`], [`Core::handle_node_gone`];
 /// 5. [`Core::poll_transmit`]: every connection with output, once;
 /// 6. [`Core::poll_closed`]: connections to deregister and drop;
 /// 7. [`Core::poll_timeout`]: when to call [`Core::handle_timeout`] next.
