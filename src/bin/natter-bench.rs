@@ -35,7 +35,7 @@ enum Cmd {
     Churn(Common),
     /// The `direct` traffic through a minimal in-process relay: the machine's ceiling.
     Ceiling(Common),
-    /// Writes a credentials file with users u0..u{N-1} (passwords p0..).
+    /// Writes a credentials file with users `u0`..`u{N-1}` (passwords `p0`..).
     GenCredentials {
         n: usize,
         /// Output file (default: stdout).
@@ -57,7 +57,7 @@ struct Common {
     /// The broker's pid (cluster mode): its CPU per delivery is reported too.
     #[arg(long)]
     broker_pid: Option<u32>,
-    /// Clients (each logs in as u<i>).
+    /// Clients (each logs in as `u<i>`).
     #[arg(long, short = 'n', default_value_t = 100)]
     clients: usize,
     /// Messages in flight per sending client.
@@ -81,7 +81,7 @@ struct Common {
     /// Longest wait for everyone to connect and log in.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     setup_timeout: Duration,
-    /// direct: send to users u<N>..u<2N-1>, who stay offline, so every message is
+    /// direct: send to users `u<N>`..`u<2N-1>`, who stay offline, so every message is
     /// stored (measures the offline store path; "deliveries" then counts stored messages).
     #[arg(long)]
     offline: bool,
