@@ -444,7 +444,9 @@ fn a_three_server_broker_with_three_replicas_survives_losing_a_server() {
 fn a_stopped_node_logs_its_users_out_at_once() {
     let nats = Nats::start();
     let n1 = node(&nats, "n1", &[]);
-    let n2 = node(&nats, "n2", &[]);
+    // By name: "localhost" may resolve to ::1 first, where this broker does not listen.
+    let by_name = format!("nats://localhost:{}", nats.port);
+    let n2 = Server::start(&["0", "--in-memory", "--cluster", &by_name, "--node", "n2"]);
     let mut hans = n1.login("hans", "falcon*solo");
     let mut yoda = n2.login("yoda", "wise@!man");
     hans.expect("*LOGIN yoda");

@@ -218,6 +218,8 @@ pub struct Broker {
     purges: HashMap<Box<str>, u64>,
     next_purge: Instant,
     told_healthy: Option<bool>,
+    /// Addresses of the current URL not tried yet (popped from the end).
+    addrs: Vec<SocketAddr>,
     ever_ready: bool,
     setup_deadline: Option<Instant>,
     /// The mail watermark last purged below.
@@ -263,6 +265,7 @@ impl Broker {
             purges: HashMap::new(),
             next_purge: now,
             told_healthy: None,
+            addrs: Vec::new(),
             ever_ready: false,
             setup_deadline: None,
             purged_below: 0,
@@ -310,11 +313,23 @@ impl Broker {
     // ---- the socket ---------------------------------------------------------------
 
     fn connect(&mut self, registry: &Registry, now: Instant) {
-        let url = &self.cfg.urls[self.url_index % self.cfg.urls.len()];
-        self.url_index += 1;
-        let addr: Option<SocketAddr> = url.addr.to_socket_addrs().ok().and_then(|mut a| a.next());
-        let Some(addr) = addr else {
-            warn!("broker {}: cannot resolve the address", url.addr);
+        if self.addrs.is_empty() {
+            // The next URL's addresses, IPv4 first (nats-server listens on 0.0.0.0
+            // unless told otherwise, where "localhost" may resolve to ::1 first).
+            let url = &self.cfg.urls[self.url_index % self.cfg.urls.len()];
+            self.url_index += 1;
+            let mut addrs: Vec<SocketAddr> = match url.addr.to_socket_addrs() {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    warn!("broker {}: cannot resolve the address: {e}", url.addr);
+                    return self.schedule_retry(now);
+                }
+            };
+            addrs.sort_by_key(|a| std::cmp::Reverse(a.is_ipv4()));
+            addrs.reverse();
+            self.addrs = addrs;
+        }
+        let Some(addr) = self.addrs.pop() else {
             return self.schedule_retry(now);
         };
         match TcpStream::connect(addr) {
@@ -344,6 +359,11 @@ impl Broker {
     }
 
     fn schedule_retry(&mut self, now: Instant) {
+        if !self.addrs.is_empty() {
+            // Another address of the same broker: at once.
+            self.retry_at = Some(now);
+            return;
+        }
         self.retry_at = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
@@ -776,6 +796,7 @@ impl Broker {
                         );
                     }
                     self.ever_ready = true;
+                    self.addrs.clear();
                     self.state = State::Ready;
                     self.ready_since = Some(now);
                     self.backoff = BACKOFF_MIN;
