@@ -797,6 +797,9 @@ impl Broker {
                     }
                     self.ever_ready = true;
                     self.addrs.clear();
+                    // Who was heard before this connection says nothing about now:
+                    // everyone gets DEAD_AFTER from here to be heard again.
+                    self.heard.clear();
                     self.state = State::Ready;
                     self.ready_since = Some(now);
                     self.backoff = BACKOFF_MIN;
@@ -1125,20 +1128,20 @@ impl Broker {
         if !self.caught_up {
             return;
         }
-        let settled = self
-            .ready_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= DEAD_AFTER);
+        // Silence is measured against our own heartbeats coming back, not the clock: a
+        // broker that stalls delays everyone's alike and makes nobody look gone. One
+        // never heard counts from when this connection became ready.
+        let own = self.heard.get(&self.inc).copied();
+        let since_ready = self.ready_since;
         for (inc, name) in core.cluster_incarnations() {
-            // An earlier run of this very node is certainly gone; others are given
-            // time to be heard after this node (re)connects.
+            // An earlier run of this very node is certainly gone.
             let gone = if *name == *self.cfg.node {
                 true
             } else {
-                settled
-                    && self
-                        .heard
-                        .get(&inc)
-                        .is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER)
+                match (own, self.heard.get(&inc).copied().or(since_ready)) {
+                    (Some(own), Some(last)) => own.saturating_duration_since(last) > DEAD_AFTER,
+                    _ => false,
+                }
             };
             let again = self
                 .reported
