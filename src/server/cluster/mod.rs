@@ -218,6 +218,10 @@ pub struct Broker {
     purges: HashMap<Box<str>, u64>,
     next_purge: Instant,
     told_healthy: Option<bool>,
+    /// The read buffer (kept, not zeroed per wake-up).
+    scratch: Box<[u8]>,
+    /// The last read stopped at its budget with bytes left in the socket.
+    read_more: bool,
     /// Addresses of the current URL not tried yet (popped from the end).
     addrs: Vec<SocketAddr>,
     ever_ready: bool,
@@ -265,6 +269,8 @@ impl Broker {
             purges: HashMap::new(),
             next_purge: now,
             told_healthy: None,
+            scratch: Box::default(),
+            read_more: false,
             addrs: Vec::new(),
             ever_ready: false,
             setup_deadline: None,
@@ -403,11 +409,26 @@ impl Broker {
                 (_, Err(e)) => return self.disconnect(registry, &e.to_string(), now),
             }
         }
-        let mut buf = [0u8; 64 * 1024];
+        self.read_more = false;
+        let mut buf = std::mem::take(&mut self.scratch);
+        if buf.is_empty() {
+            buf = vec![0u8; 64 * 1024].into_boxed_slice();
+        }
+        self.read_into(&mut buf, registry, core, now);
+        self.scratch = buf;
+        if self.state == State::Down {
+            self.disconnect(registry, "refused by the broker", now);
+        }
+    }
+
+    /// Reads until the socket is drained or this wake-up's budget is spent (then
+    /// `read_more` says to come back without waiting for an event: the socket's
+    /// readiness is edge-triggered).
+    fn read_into(&mut self, buf: &mut [u8], registry: &Registry, core: &mut Core, now: Instant) {
         let mut budget: usize = 4 << 20;
         loop {
             let Some(s) = &mut self.conn else { return };
-            match s.read(&mut buf) {
+            match s.read(buf) {
                 Ok(0) => return self.disconnect(registry, "closed by the broker", now),
                 Ok(n) => {
                     self.last_rx = now;
@@ -422,16 +443,14 @@ impl Broker {
                     }
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
-                        break;
+                        self.read_more = true;
+                        return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.disconnect(registry, &e.to_string(), now),
             }
-        }
-        if self.state == State::Down {
-            self.disconnect(registry, "refused by the broker", now);
         }
     }
 
@@ -934,6 +953,9 @@ impl Broker {
     /// gone nodes, timeouts, purges), writes, and tells the core what is durable and
     /// whether the broker can be used.
     pub fn commit(&mut self, registry: &Registry, core: &mut Core, now: Instant) {
+        if self.read_more {
+            self.on_event(registry, core, now);
+        }
         while let Some((batch, ops)) = core.poll_cluster(now) {
             let mut n = 0;
             for op in ops {
@@ -1160,6 +1182,9 @@ impl Broker {
 
     /// When [`Broker::commit`] must run next.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.read_more {
+            return Some(Instant::now());
+        }
         let mut t = [
             self.retry_at.filter(|_| self.state == State::Down),
             self.connect_deadline,
