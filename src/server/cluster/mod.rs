@@ -643,6 +643,7 @@ impl Broker {
                 if let Some((from, text)) = std::str::from_utf8(m.payload)
                     .ok()
                     .and_then(|p| p.split_once(' '))
+                    .filter(|(f, t)| record::word(f) && crate::protocol::frames::clean_text(t))
                 {
                     core.handle_cluster_broadcast(from, text, now);
                 }
@@ -653,7 +654,7 @@ impl Broker {
                     .ok()
                     .map(|p| p.split(' ').collect::<Vec<_>>())
                 {
-                    Some(f) if f.len() == 3 => {
+                    Some(f) if f.len() == 3 && f.iter().all(|w| record::word(w)) => {
                         let key = if f[2] == "-" { "" } else { f[2] };
                         core.handle_intro_request(f[0], f[1], key)
                     }
@@ -1252,7 +1253,7 @@ fn decode_answer(payload: &[u8]) -> IntroAnswer {
     let f: Vec<&str> = text.split(' ').collect();
     match f.as_slice() {
         ["PEER", ip, port, token, key] => match (ip.parse(), port.parse()) {
-            (Ok(ip), Ok(port)) => IntroAnswer::Peer {
+            (Ok(ip), Ok(port)) if record::word(token) && record::word(key) => IntroAnswer::Peer {
                 addr: SocketAddr::new(ip, port),
                 token: (*token).into(),
                 key: if *key == "-" {

@@ -163,8 +163,28 @@ impl Rec {
     }
 
     /// The record a stream message carries, or `None` for anything else (a message
-    /// some other tool put on our subjects is skipped, never trusted).
+    /// some other tool put on our subjects is skipped, never trusted): names are single
+    /// words, text is what a client could have sent (no control characters), so
+    /// nothing read from the broker can add a line to what a client receives.
     pub fn parse(subject: &str, payload: &[u8]) -> Option<Rec> {
+        Rec::parse_any(subject, payload).filter(Rec::is_clean)
+    }
+
+    fn is_clean(&self) -> bool {
+        match self {
+            Rec::Login { who, node, key, .. } => {
+                word(who) && word(node) && key.as_deref().is_none_or(word)
+            }
+            Rec::Logout { who, .. } | Rec::Fail { who, .. } => word(who),
+            Rec::Msg { to, from, text } => {
+                word(to) && word(from) && crate::protocol::frames::clean_text(text)
+            }
+            Rec::Ack { to, .. } => word(to),
+            Rec::Block { who, whom, .. } => word(who) && word(whom),
+        }
+    }
+
+    fn parse_any(subject: &str, payload: &[u8]) -> Option<Rec> {
         let payload = std::str::from_utf8(payload).ok()?;
         let rest = subject.strip_prefix("natter.s.")?;
         let (kind, names) = rest.split_once('.')?;
@@ -242,6 +262,12 @@ impl Rec {
             _ => None,
         }
     }
+}
+
+/// A name, a fingerprint, a token: one non-empty word with nothing a terminal or the
+/// line protocol would act on.
+pub fn word(s: &str) -> bool {
+    !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// `name` as one subject token (see the module documentation).
@@ -368,5 +394,12 @@ mod tests {
         assert_eq!(Rec::parse("natter.s.mail.hans", b"nospace"), None);
         assert_eq!(Rec::parse("natter.s.what.hans", b"1"), None);
         assert_eq!(Rec::parse("natter.s.seen.hans", b"IN x"), None);
+        // Nothing from the broker can become a second line for a client.
+        assert_eq!(
+            Rec::parse("natter.s.mail.hans", b"yoda hi\n*BYE removed"),
+            None
+        );
+        assert_eq!(Rec::parse("natter.s.mail.hans", b"yoda \x1b[2J"), None);
+        assert_eq!(Rec::parse("natter.s.mail.~0A", b"yoda hi"), None);
     }
 }
