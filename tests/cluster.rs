@@ -514,3 +514,25 @@ fn nodes_started_at_once_in_one_directory_share_one_certificate() {
     assert_eq!(fingerprints[0], fingerprints[1]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_user_whose_node_was_killed_logs_in_elsewhere_at_once() {
+    let nats = Nats::start();
+    let n1 = node(&nats, "n1", &[]);
+    let mut n2 = node(&nats, "n2", &[]);
+    let mut hans = Cli::login(&n1, "hans", "falcon*solo");
+    let yoda = Cli::login(&n2, "yoda", "wise@!man");
+    hans.expect("yoda logged in");
+    hans.type_line("message yoda are you there");
+    hans.type_line("whoelse");
+    hans.expect("yoda");
+    let killed = Instant::now();
+    n2.kill9();
+    drop(yoda);
+    // No waiting for the heartbeats to stop: n1 asks whether n2 is still there.
+    let mut yoda = Cli::login(&n1, "yoda", "wise@!man");
+    yoda.expect("hans: are you there");
+    hans.expect("yoda logged out");
+    hans.expect("yoda logged in");
+    assert!(killed.elapsed() < Duration::from_secs(4), "{:?}", killed.elapsed());
+}

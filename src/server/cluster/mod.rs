@@ -47,6 +47,8 @@ use crate::server::core::{Core, IntroAnswer, Op};
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence after which a node incarnation is presumed gone and its users logged out.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// How long a probe of another node may take (no answer: presumed still there).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an introduction asked of another node may take.
 const INTRO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Silence from the broker (which echoes our own heartbeats) after which the
@@ -74,6 +76,7 @@ const SID_INBOX: u64 = 1;
 const SID_HEARTBEAT: u64 = 2;
 const SID_BROADCAST: u64 = 3;
 const SID_INTRO: u64 = 4;
+const SID_PROBE: u64 = 5;
 /// The consumer's deliveries: this plus its generation.
 const SID_CONSUMER: u64 = 100;
 
@@ -206,6 +209,8 @@ pub struct Broker {
     gets: HashMap<u64, u64>,
     /// Introductions asked of other nodes: request id -> (core's id, deadline).
     intros: HashMap<u64, (u64, Instant)>,
+    /// Probes of other nodes: request id -> (core's id, deadline).
+    probes: HashMap<u64, (u64, Instant)>,
     /// The consumer's generation (its deliver subject and sid), and progress.
     generation: u64,
     applied: u64,
@@ -259,6 +264,7 @@ impl Broker {
             failing: false,
             gets: HashMap::new(),
             intros: HashMap::new(),
+            probes: HashMap::new(),
             generation: 0,
             applied: 0,
             consumer_seq: 0,
@@ -550,6 +556,11 @@ impl Broker {
             &format!("natter.c.intro.{:016x}", self.inc),
             SID_INTRO,
         );
+        nats::sub(
+            &mut self.out,
+            &format!("natter.c.probe.{:016x}", self.inc),
+            SID_PROBE,
+        );
         self.create_stream();
     }
 
@@ -667,6 +678,11 @@ impl Broker {
                     encode_answer(&answer).as_bytes(),
                 );
             }
+            SID_PROBE => {
+                if let Some(reply) = m.reply {
+                    nats::publish(&mut self.out, reply, None, b"here");
+                }
+            }
             sid if sid == SID_CONSUMER + self.generation => self.on_record(core, m, now),
             _ => {}
         }
@@ -749,6 +765,13 @@ impl Broker {
                     decode_answer(m.payload)
                 };
                 core.handle_intro_answer(cid, answer, now);
+            }
+            "r" => {
+                let Some((pid, _)) = self.probes.remove(&id) else {
+                    return;
+                };
+                // No responders: nobody holds that node's subscription any more.
+                core.handle_probe_answer(pid, m.status() != Some(503), now);
             }
             "s" => self.on_setup_reply(id, &m, now),
             _ => {}
@@ -976,6 +999,19 @@ impl Broker {
                             );
                         }
                     }
+                    Op::Probe { id, inc } => {
+                        if self.state != State::Ready {
+                            // Cannot tell: presumed still there.
+                            core.handle_probe_answer(id, true, now);
+                            continue;
+                        }
+                        let rid = self.next_id;
+                        self.next_id += 1;
+                        self.probes.insert(rid, (id, now + PROBE_TIMEOUT));
+                        let reply = self.inbox('r', rid);
+                        let subject = format!("natter.c.probe.{inc:016x}");
+                        nats::publish(&mut self.out, &subject, Some(&reply), b"");
+                    }
                     Op::Intro {
                         id,
                         inc,
@@ -1062,6 +1098,17 @@ impl Broker {
         for rid in expired {
             if let Some((id, _)) = self.intros.remove(&rid) {
                 core.handle_intro_answer(id, IntroAnswer::Offline, now);
+            }
+        }
+        let expired: Vec<u64> = self
+            .probes
+            .iter()
+            .filter(|(_, (_, t))| *t <= now)
+            .map(|(&rid, _)| rid)
+            .collect();
+        for rid in expired {
+            if let Some((id, _)) = self.probes.remove(&rid) {
+                core.handle_probe_answer(id, true, now);
             }
         }
         if matches!(self.state, State::Setup | State::Ready) && self.next_beat <= now {
@@ -1193,6 +1240,7 @@ impl Broker {
         .into_iter()
         .flatten()
         .chain(self.intros.values().map(|(_, d)| *d))
+        .chain(self.probes.values().map(|(_, d)| *d))
         .min();
         if self.state == State::Setup {
             let more = [Some(self.next_beat), self.setup_deadline];

@@ -64,6 +64,14 @@ pub enum Op {
         /// The text.
         text: Box<str>,
     },
+    /// Is node incarnation `inc` still connected? Answered with
+    /// [`super::Core::handle_probe_answer`] and this `id` (no responders: it is gone).
+    Probe {
+        /// Matches the answer to the question.
+        id: u64,
+        /// The incarnation asked about.
+        inc: u64,
+    },
     /// Ask node incarnation `inc` to introduce `from` to its user `to`; the answer
     /// comes back with [`super::Core::handle_intro_answer`] and this `id`.
     Intro {
@@ -117,6 +125,25 @@ struct Claim {
     retries: u8,
 }
 
+/// What a login does once the node its user is online on turned out to be gone.
+pub(super) enum AfterProbe {
+    /// Answer the username step (`+USER`).
+    User,
+    /// The password was right: claim the user.
+    Claim {
+        port: Option<u16>,
+        peer_key: Option<Box<str>>,
+    },
+}
+
+/// A login waiting to learn whether its user's node is still there.
+struct Probe {
+    key: usize,
+    serial: u64,
+    account: AccountId,
+    then: AfterProbe,
+}
+
 /// Conflicts a claim retries before it gives up as "already online".
 const MAX_RETRIES: u8 = 3;
 
@@ -130,6 +157,8 @@ pub(super) struct Cluster {
     failing: HashMap<u64, usize>,
     /// Introductions asked of other nodes: id -> (key, serial, target).
     intros: HashMap<u64, (usize, u64, Box<str>)>,
+    /// Logins asking whether their user's node is still there, by probe id.
+    probes: HashMap<u64, Probe>,
     next_intro: u64,
     /// Users online elsewhere, per node incarnation (with the node's name).
     by_inc: HashMap<u64, (u32, Box<str>)>,
@@ -153,6 +182,7 @@ impl Cluster {
             claims: HashMap::new(),
             failing: HashMap::new(),
             intros: HashMap::new(),
+            probes: HashMap::new(),
             next_intro: 1,
             by_inc: HashMap::new(),
             acks: HashMap::new(),
@@ -174,6 +204,7 @@ impl Cluster {
     pub(super) fn cancel(&mut self, serial: u64) {
         self.claims.remove(&serial);
         self.failing.remove(&serial);
+        self.probes.retain(|_, p| p.serial != serial);
     }
 }
 
@@ -288,6 +319,69 @@ pub(super) fn claim_conflict(
     core.sessions[key].gate = Gate::Open;
     core.error(key, ErrorCode::AlreadyOnline, "");
     core.close(key, CloseReason::LoginFailed, now);
+}
+
+/// Whether `id` is online on another node (cluster mode).
+pub(super) fn online_elsewhere(core: &Core, id: AccountId) -> bool {
+    core.cluster.is_some() && core.dir.get(id).remote.is_some()
+}
+
+/// A login for a user online on another node: before "already online", that node is
+/// asked whether it is still there (a node killed a moment ago has no heartbeat gap
+/// yet, but the broker knows its connection is gone), so the user can log in again at
+/// once after their node died. The session waits for the answer.
+pub(super) fn probe_owner(core: &mut Core, key: usize, account: AccountId, then: AfterProbe) {
+    let Some(inc) = core.dir.get(account).remote.as_deref().map(|r| r.inc) else {
+        return;
+    };
+    let s = &mut core.sessions[key];
+    s.gate = Gate::Cluster;
+    let serial = s.serial;
+    let c = cluster(core);
+    let id = c.next_intro;
+    c.next_intro += 1;
+    c.probes.insert(
+        id,
+        Probe {
+            key,
+            serial,
+            account,
+            then,
+        },
+    );
+    core.store.emit(Op::Probe { id, inc });
+}
+
+/// The answer to a probe: still there (the login is refused as already online), or gone
+/// (its users are logged out and the login goes on).
+pub(super) fn probe_answer(core: &mut Core, id: u64, alive: bool, now: Instant) {
+    let Some(p) = cluster(core).probes.remove(&id) else {
+        return;
+    };
+    let Some(s) = core.session_if(p.key, p.serial) else {
+        return;
+    };
+    s.gate = Gate::Open;
+    let remote = core.dir.get(p.account).remote.as_deref().map(|r| r.inc);
+    if alive || core.dir.locate(p.account).is_some() {
+        info!(
+            "conn {}: login refused for user {} (online on another node)",
+            p.key,
+            core.dir.name(p.account)
+        );
+        core.error(p.key, ErrorCode::AlreadyOnline, "");
+        return core.close(p.key, CloseReason::LoginFailed, now);
+    }
+    if let Some(inc) = remote {
+        node_gone(core, inc, now);
+    }
+    match p.then {
+        AfterProbe::User => super::login::user_accepted(core, p.key, p.account),
+        // Published after the logouts, so the claim finds them (or retries after them).
+        AfterProbe::Claim { port, peer_key } => claim(core, p.key, p.account, port, peer_key, now),
+    }
+    core.reap_overflowed(now);
+    super::dispatch::resume_input(core, p.key, now);
 }
 
 /// A password was wrong: recorded for the cluster to count.

@@ -124,6 +124,12 @@ impl Net {
                     n.core.handle_cluster_broadcast(&from, &text, self.now);
                 }
             }
+            Op::Probe { id, inc } => {
+                let alive = self.nodes.iter().any(|n| n.inc == inc);
+                self.nodes[from]
+                    .core
+                    .handle_probe_answer(id, alive, self.now);
+            }
             Op::Intro {
                 id,
                 inc,
@@ -425,4 +431,28 @@ fn a_node_cut_off_too_long_finds_its_users_logged_out_and_says_so() {
     // yoda logs in again, on the same node or another.
     net.login(1, "yoda");
     assert_eq!(net.lines(0, hans), ["*LOGIN yoda"]);
+}
+
+#[test]
+fn a_user_whose_node_just_died_logs_in_elsewhere_at_once() {
+    let mut net = Net::new(3);
+    let hans = net.login(0, "hans");
+    let yoda = net.login(1, "yoda");
+    net.lines(0, hans);
+    assert_eq!(net.ask(0, hans, "MSG yoda unacked"), ["+SENT yoda"]);
+    assert_eq!(net.lines(1, yoda).len(), 1);
+    // Node 1 dies; nobody has noticed its silence yet. yoda tries node 2 at once: the
+    // username step asks whether node 1 is still there, learns it is not, and goes on.
+    net.nodes.remove(1);
+    let k = net.connect(1, "127.0.0.1");
+    assert_eq!(net.ask(1, k, "USER yoda"), ["+USER yoda"]);
+    let got = net.ask(1, k, "PASS wise@!man");
+    assert_eq!(got[0], "+WELCOME", "{got:?}");
+    assert!(got[1].ends_with(" hans unacked"), "{got:?}");
+    assert_eq!(net.lines(0, hans), ["*LOGOUT yoda", "*LOGIN yoda"]);
+    // A live node is not second-guessed: hans is online on node 0.
+    let k = net.connect(1, "127.0.0.1");
+    assert_eq!(net.ask(1, k, "USER hans"), ["-ALREADY_ONLINE"]);
+    let k = net.connect(1, "127.0.0.1");
+    assert_eq!(net.ask(1, k, "LOGIN hans falcon*solo"), ["-ALREADY_ONLINE"]);
 }

@@ -164,14 +164,25 @@ pub(super) fn user(core: &mut Core, key: usize, name: &str, now: Instant) {
         return;
     }
     if core.dir.is_online(id) {
+        // Online on another node that may have died a moment ago: ask it first.
+        if super::cluster::online_elsewhere(core, id) {
+            let then = super::cluster::AfterProbe::User;
+            return super::cluster::probe_owner(core, key, id, then);
+        }
         info!("conn {key}: login refused from {ip} for user {name} (already online)");
         core.error(key, ErrorCode::AlreadyOnline, "");
         return core.close(key, CloseReason::LoginFailed, now);
     }
+    user_accepted(core, key, id);
+}
+
+/// The username step passed: the password is asked next.
+pub(super) fn user_accepted(core: &mut Core, key: usize, id: AccountId) {
     if let Phase::Login { user, .. } = &mut core.sessions[key].phase {
         *user = Some(id);
     }
-    core.reply(key, Reply::User { user: name });
+    let name: Box<str> = core.dir.name(id).into();
+    core.reply(key, Reply::User { user: &name });
 }
 
 /// `LOGIN <user> <password> [<port>]`: both steps at once.
@@ -258,7 +269,9 @@ pub(super) fn take_jobs(core: &mut Core, free: usize, now: Instant) -> Vec<Verif
         if refuse_if_locked(core, job.key, job.account, job.ip, now) {
             continue;
         }
-        if core.dir.is_online(job.account) {
+        // Online here: no hashing. (Online on another node is asked about once the
+        // password is known to be right.)
+        if core.dir.locate(job.account).is_some() {
             core.error(job.key, ErrorCode::AlreadyOnline, "");
             core.close(job.key, CloseReason::LoginFailed, now);
             continue;
@@ -334,6 +347,10 @@ fn finish(
     }
     let name = core.dir.name(id).to_owned();
     if core.dir.is_online(id) {
+        if super::cluster::online_elsewhere(core, id) {
+            let then = super::cluster::AfterProbe::Claim { port, peer_key };
+            return super::cluster::probe_owner(core, key, id, then);
+        }
         info!("conn {key}: login refused from {ip} for user {name} (already online)");
         core.error(key, ErrorCode::AlreadyOnline, "");
         return core.close(key, CloseReason::LoginFailed, now);

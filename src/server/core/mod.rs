@@ -445,6 +445,14 @@ impl Core {
         }
     }
 
+    /// Cluster mode: the answer to probe `id` ([`Op::Probe`]): whether that node is
+    /// still connected to the broker.
+    pub fn handle_probe_answer(&mut self, id: u64, alive: bool, now: Instant) {
+        if self.cluster.is_some() {
+            cluster::probe_answer(self, id, alive, now);
+        }
+    }
+
     /// Cluster mode: node incarnation `inc` stopped (no heartbeat): its users are
     /// logged out.
     pub fn handle_node_gone(&mut self, inc: u64, now: Instant) {
