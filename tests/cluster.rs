@@ -534,5 +534,9 @@ fn a_user_whose_node_was_killed_logs_in_elsewhere_at_once() {
     yoda.expect("hans: are you there");
     hans.expect("yoda logged out");
     hans.expect("yoda logged in");
-    assert!(killed.elapsed() < Duration::from_secs(4), "{:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        killed.elapsed()
+    );
 }
