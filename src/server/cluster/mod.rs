@@ -13,9 +13,11 @@
 //!   record from the last one applied (all of them at start: that is the replica's
 //!   restore), checked for gaps by its consumer sequence (a gap makes a new one).
 //! - **Heartbeats**: every node says `natter.c.hb <node> <incarnation>` every second;
-//!   an incarnation with users online that has not been heard for [`DEAD_AFTER`] is
-//!   reported gone ([`Core::handle_node_gone`]); an older incarnation of this node's
-//!   own name at once.
+//!   an incarnation with users online that is [`PROBE_AFTER`] late is asked for on
+//!   `natter.c.probe.<incarnation>` ("no responders": its connection is gone) and one
+//!   not heard for [`DEAD_AFTER`] is gone anyway; either is reported to the core
+//!   ([`Core::handle_node_gone`]); an older incarnation of this node's own name is
+//!   gone at once. Logins probe the same way (`Op::Probe`).
 //! - **Purges**: once a second, all mail below the lowest message any user still
 //!   waits for (one request, [`Core::mail_watermark`]); recipients acknowledged above
 //!   it (old mail waiting for someone holds the mark back) a few per second, one
@@ -47,6 +49,9 @@ use crate::server::core::{Core, IntroAnswer, Op};
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence after which a node incarnation is presumed gone and its users logged out.
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Heartbeats this late make a node be asked whether it is still connected (no
+/// responders: gone at once, not after `DEAD_AFTER`).
+pub const PROBE_AFTER: Duration = Duration::from_millis(2500);
 /// How long a probe of another node may take (no answer: presumed still there).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an introduction asked of another node may take.
@@ -167,6 +172,15 @@ enum State {
     Ready,
 }
 
+/// Who asked whether a node is still there.
+#[derive(Debug, Clone, Copy)]
+enum Asker {
+    /// A login (the core's probe id).
+    Login(u64),
+    /// This connection, for an incarnation whose heartbeats are late.
+    Silence(u64),
+}
+
 /// A publish not yet acknowledged.
 struct Pub {
     batch: u64,
@@ -209,8 +223,8 @@ pub struct Broker {
     gets: HashMap<u64, u64>,
     /// Introductions asked of other nodes: request id -> (core's id, deadline).
     intros: HashMap<u64, (u64, Instant)>,
-    /// Probes of other nodes: request id -> (core's id, deadline).
-    probes: HashMap<u64, (u64, Instant)>,
+    /// Probes of other nodes: request id -> (what asked, deadline).
+    probes: HashMap<u64, (Asker, Instant)>,
     /// The consumer's generation (its deliver subject and sid), and progress.
     generation: u64,
     applied: u64,
@@ -767,11 +781,22 @@ impl Broker {
                 core.handle_intro_answer(cid, answer, now);
             }
             "r" => {
-                let Some((pid, _)) = self.probes.remove(&id) else {
+                let Some((asker, _)) = self.probes.remove(&id) else {
                     return;
                 };
                 // No responders: nobody holds that node's subscription any more.
-                core.handle_probe_answer(pid, m.status() != Some(503), now);
+                let alive = m.status() != Some(503);
+                match asker {
+                    Asker::Login(pid) => core.handle_probe_answer(pid, alive, now),
+                    Asker::Silence(inc) if alive => {
+                        self.heard.insert(inc, now);
+                    }
+                    Asker::Silence(inc) => {
+                        warn!("node incarnation {inc:016x} is late and no longer connected");
+                        self.reported.insert(inc, now);
+                        core.handle_node_gone(inc, now);
+                    }
+                }
             }
             "s" => self.on_setup_reply(id, &m, now),
             _ => {}
@@ -1005,12 +1030,7 @@ impl Broker {
                             core.handle_probe_answer(id, true, now);
                             continue;
                         }
-                        let rid = self.next_id;
-                        self.next_id += 1;
-                        self.probes.insert(rid, (id, now + PROBE_TIMEOUT));
-                        let reply = self.inbox('r', rid);
-                        let subject = format!("natter.c.probe.{inc:016x}");
-                        nats::publish(&mut self.out, &subject, Some(&reply), b"");
+                        self.probe(Asker::Login(id), inc, now);
                     }
                     Op::Intro {
                         id,
@@ -1107,7 +1127,7 @@ impl Broker {
             .map(|(&rid, _)| rid)
             .collect();
         for rid in expired {
-            if let Some((id, _)) = self.probes.remove(&rid) {
+            if let Some((Asker::Login(id), _)) = self.probes.remove(&rid) {
                 core.handle_probe_answer(id, true, now);
             }
         }
@@ -1193,6 +1213,16 @@ impl Broker {
         }
     }
 
+    /// Asks whether node incarnation `inc` is still connected.
+    fn probe(&mut self, asker: Asker, inc: u64, now: Instant) {
+        let rid = self.next_id;
+        self.next_id += 1;
+        self.probes.insert(rid, (asker, now + PROBE_TIMEOUT));
+        let reply = self.inbox('r', rid);
+        let subject = format!("natter.c.probe.{inc:016x}");
+        nats::publish(&mut self.out, &subject, Some(&reply), b"");
+    }
+
     /// Reports node incarnations with users online that have gone silent.
     fn check_nodes(&mut self, core: &mut Core, now: Instant) {
         if !self.caught_up {
@@ -1217,6 +1247,19 @@ impl Broker {
                 .reported
                 .get(&inc)
                 .is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER);
+            // Late but not yet presumed gone: is its connection still there? (The
+            // broker knows at once when a killed process's connection closed.)
+            let late = match (own, self.heard.get(&inc).copied().or(since_ready)) {
+                (Some(own), Some(last)) => own.saturating_duration_since(last) > PROBE_AFTER,
+                _ => false,
+            };
+            let probing = self
+                .probes
+                .values()
+                .any(|(a, _)| matches!(a, Asker::Silence(i) if *i == inc));
+            if late && !gone && again && !probing {
+                self.probe(Asker::Silence(inc), inc, now);
+            }
             if gone && again {
                 self.reported.insert(inc, now);
                 core.handle_node_gone(inc, now);
