@@ -275,7 +275,7 @@ fn a_killed_nodes_users_are_logged_out_and_their_messages_kept() {
     assert!(got.ends_with(" hans in flight"), "{got:?}");
     let killed = Instant::now();
     n2.kill9();
-    // Heartbeats stop; 2.5 s late, n1 asks whether n2's connection is still there and
+    // Heartbeats stop; 1.5 s late, n1 asks whether n2's connection is still there and
     // the broker says no: hans sees yoda leave within the documented 4 s.
     let line = hans
         .next_line_within(Duration::from_secs(10))

@@ -51,7 +51,7 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 pub const DEAD_AFTER: Duration = Duration::from_secs(5);
 /// Heartbeats this late make a node be asked whether it is still connected (no
 /// responders: gone at once, not after `DEAD_AFTER`).
-pub const PROBE_AFTER: Duration = Duration::from_millis(2500);
+pub const PROBE_AFTER: Duration = Duration::from_millis(1500);
 /// How long a probe of another node may take (no answer: presumed still there).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an introduction asked of another node may take.
