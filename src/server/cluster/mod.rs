@@ -28,10 +28,14 @@
 //! (new messages are refused as on a full disk), and the connection is made again with
 //! a backoff, trying each configured URL in turn.
 
+mod config;
 pub mod nats;
+mod publish;
 pub mod record;
 
-use std::collections::{BTreeMap, HashMap};
+pub use config::{BrokerUrl, ClusterConfig, parse_urls, valid_node_name};
+
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -65,8 +69,6 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The consumer sends an idle heartbeat every second: this long without one (or a
 /// record) and it is made again.
 const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
-/// A publish unacknowledged this long is sent again (same id: counted once).
-const PUB_TIMEOUT: Duration = Duration::from_secs(4);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Purge requests per second (each removes one recipient's acknowledged messages from
@@ -89,74 +91,6 @@ const SID_CONSUMER: u64 = 100;
 const ERR_WRONG_LAST_SEQUENCE: u64 = 10071;
 /// JetStream's "stream name already in use" (with another configuration).
 const ERR_STREAM_NAME_IN_USE: u64 = 10058;
-
-/// One broker address, from `nats://[user:pass@|token@]host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// `host:port`.
-    pub addr: String,
-    /// User and password, if given.
-    pub user: Option<(String, String)>,
-    /// Token, if given.
-    pub token: Option<String>,
-}
-
-/// Parses `--cluster`: one or more `nats://` URLs separated by commas.
-pub fn parse_urls(s: &str) -> Result<Vec<BrokerUrl>, String> {
-    let mut urls = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let rest = part
-            .strip_prefix("nats://")
-            .ok_or_else(|| format!("{part}: a broker URL starts with nats://"))?;
-        let (auth, host) = match rest.rsplit_once('@') {
-            Some((a, h)) => (Some(a), h),
-            None => (None, rest),
-        };
-        let host = host.trim_end_matches('/');
-        let addr = if host.contains(':') && !host.ends_with(']') {
-            host.to_string()
-        } else {
-            format!("{host}:4222")
-        };
-        if addr.starts_with(':') {
-            return Err(format!("{part}: no host"));
-        }
-        let (user, token) = match auth {
-            None => (None, None),
-            Some(a) => match a.split_once(':') {
-                Some((u, p)) => (Some((u.to_string(), p.to_string())), None),
-                None => (None, Some(a.to_string())),
-            },
-        };
-        urls.push(BrokerUrl { addr, user, token });
-    }
-    if urls.is_empty() {
-        return Err("no broker URL given".into());
-    }
-    Ok(urls)
-}
-
-/// What cluster mode needs to run.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// The brokers to try, in turn.
-    pub urls: Vec<BrokerUrl>,
-    /// This node's name (unique in the cluster; letters, digits, `-`, `_`).
-    pub node: String,
-    /// The stream's replication factor when this node creates it.
-    pub replicas: u8,
-    /// The stream's name.
-    pub stream: String,
-}
-
-/// Whether a node name can be used as a subject token.
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -181,19 +115,6 @@ enum Asker {
     Silence(u64),
 }
 
-/// A publish not yet acknowledged.
-struct Pub {
-    batch: u64,
-    subject: String,
-    payload: Vec<u8>,
-    expect: Option<u64>,
-    rollup: bool,
-    /// The login claim it carries (a lost compare-and-set is reported for it).
-    claim: Option<u64>,
-    sent: bool,
-    sent_at: Instant,
-}
-
 /// The connection to the broker and everything waiting on it.
 pub struct Broker {
     cfg: ClusterConfig,
@@ -211,14 +132,8 @@ pub struct Broker {
     ready_since: Option<Instant>,
     last_rx: Instant,
     /// Publishes not yet acknowledged, by id (also their `Nats-Msg-Id`).
-    pubs: BTreeMap<u64, Pub>,
+    pubs: publish::Publishes,
     next_id: u64,
-    /// Batches taken from the core and the publishes of each still unacknowledged.
-    outstanding: BTreeMap<u64, u32>,
-    durable: u64,
-    /// Publishes failed with an error the broker may get over: retried then.
-    retry_pubs_at: Option<Instant>,
-    failing: bool,
     /// Direct gets in flight for lost claims: request id -> claim serial.
     gets: HashMap<u64, u64>,
     /// Introductions asked of other nodes: request id -> (core's id, deadline).
@@ -270,12 +185,8 @@ impl Broker {
             backoff: BACKOFF_MIN,
             ready_since: None,
             last_rx: now,
-            pubs: BTreeMap::new(),
+            pubs: publish::Publishes::default(),
             next_id: 1,
-            outstanding: BTreeMap::new(),
-            durable: 0,
-            retry_pubs_at: None,
-            failing: false,
             gets: HashMap::new(),
             intros: HashMap::new(),
             probes: HashMap::new(),
@@ -409,9 +320,7 @@ impl Broker {
         self.connect_deadline = None;
         self.out.clear();
         self.gets.clear();
-        for p in self.pubs.values_mut() {
-            p.sent = false;
-        }
+        self.pubs.all_unsent();
         self.schedule_retry(now);
     }
 
@@ -883,10 +792,10 @@ impl Broker {
             // No stream to take it (the broker lost its storage, or JetStream is
             // starting): set the stream up again and send everything again.
             warn!("publish not taken by the broker (no responders); setting the stream up again");
-            if let Some(p) = self.pubs.get_mut(&id) {
+            if let Some(p) = self.pubs.get_mut(id) {
                 p.sent = false;
             }
-            self.retry_pubs_at = Some(now + BACKOFF_MAX);
+            self.pubs.retry_at = Some(now + BACKOFF_MAX);
             if self.state == State::Ready {
                 self.create_stream_again();
             }
@@ -900,12 +809,12 @@ impl Broker {
         };
         let err = v.get("error");
         let code = err.and_then(|e| e.get("err_code")).and_then(Value::as_u64);
-        let Some(p) = self.pubs.get_mut(&id) else {
+        let Some(p) = self.pubs.get_mut(id) else {
             return;
         };
         match (err, code) {
             (None, _) => {
-                self.failing = false;
+                self.pubs.failing = false;
             }
             (Some(_), Some(ERR_WRONG_LAST_SEQUENCE)) => {
                 if let Some(serial) = p.claim {
@@ -922,18 +831,12 @@ impl Broker {
             (Some(e), _) => {
                 warn!("broker refused a record on {}: {e}; retrying", p.subject);
                 p.sent = false;
-                self.failing = true;
-                self.retry_pubs_at = Some(now + Duration::from_secs(1));
+                self.pubs.failing = true;
+                self.pubs.retry_at = Some(now + Duration::from_secs(1));
                 return;
             }
         }
-        let Some(p) = self.pubs.remove(&id) else {
-            return;
-        };
-        let batch = p.batch;
-        if let Some(n) = self.outstanding.get_mut(&batch) {
-            *n = n.saturating_sub(1);
-        }
+        self.pubs.done(id);
         self.advance_durable(core);
     }
 
@@ -952,29 +855,15 @@ impl Broker {
     }
 
     fn advance_durable(&mut self, core: &mut Core) {
-        let before = self.durable;
-        while let Some((&b, &n)) = self.outstanding.first_key_value() {
-            if n > 0 {
-                break;
-            }
-            self.outstanding.pop_first();
-            self.durable = b;
-        }
-        if self.durable > before {
-            core.handle_durable(self.durable);
+        if let Some(durable) = self.pubs.newly_durable() {
+            core.handle_durable(durable);
         }
     }
 
     // ---- what the core asks ---------------------------------------------------------
 
     fn send_pubs(&mut self) {
-        let ids: Vec<u64> = self
-            .pubs
-            .iter()
-            .filter(|(_, p)| !p.sent)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in ids {
+        for id in self.pubs.unsent() {
             self.send_pub(id);
         }
     }
@@ -982,7 +871,7 @@ impl Broker {
     fn send_pub(&mut self, id: u64) {
         let reply = self.inbox('p', id);
         let msg_id = format!("{:016x}-{id}", self.inc);
-        let Some(p) = self.pubs.get_mut(&id) else {
+        let Some(p) = self.pubs.get_mut(id) else {
             return;
         };
         let expect = p.expect.map(|e| e.to_string());
@@ -1058,12 +947,13 @@ impl Broker {
                     }
                 }
             }
-            self.outstanding.insert(batch, n);
+            self.pubs.batch(batch, n);
         }
         self.advance_durable(core);
         self.tick(registry, core, now);
         self.flush(registry, now);
-        let healthy = self.state == State::Ready && !self.failing && self.out.len() < MAX_QUEUED;
+        let healthy =
+            self.state == State::Ready && !self.pubs.failing && self.out.len() < MAX_QUEUED;
         if self.told_healthy != Some(healthy) {
             self.told_healthy = Some(healthy);
             core.handle_store_health(healthy);
@@ -1077,23 +967,7 @@ impl Broker {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let claim = match &rec {
-            Rec::Login { serial, .. } => Some(*serial),
-            _ => None,
-        };
-        self.pubs.insert(
-            id,
-            Pub {
-                batch,
-                subject: rec.subject(),
-                payload: rec.payload().into_bytes(),
-                expect,
-                rollup: rec.rolls_up(),
-                claim,
-                sent: false,
-                sent_at: Instant::now(),
-            },
-        );
+        self.pubs.add(id, batch, &rec, expect);
         if self.state == State::Ready {
             self.send_pub(id);
         }
@@ -1163,20 +1037,11 @@ impl Broker {
             warn!("stream consumer silent (its broker server gone?): making a new one");
             self.create_consumer();
         }
-        let stale = self
-            .pubs
-            .values()
-            .next()
-            .is_some_and(|p| p.sent && now.saturating_duration_since(p.sent_at) > PUB_TIMEOUT);
-        if stale || self.retry_pubs_at.is_some_and(|t| t <= now) {
+        if self.pubs.stale(now) || self.pubs.retry_at.is_some_and(|t| t <= now) {
             // Unacknowledged for long (lost in a broker fail-over) or refused for a
             // while: sent again; the broker's duplicate window makes it count once.
-            self.retry_pubs_at = None;
-            for p in self.pubs.values_mut() {
-                if now.saturating_duration_since(p.sent_at) > PUB_TIMEOUT {
-                    p.sent = false;
-                }
-            }
+            self.pubs.retry_at = None;
+            self.pubs.expire(now);
             self.send_pubs();
         }
         if self.next_purge <= now && self.caught_up {
@@ -1290,18 +1155,12 @@ impl Broker {
             t = t.into_iter().chain(more.into_iter().flatten()).min();
         }
         if self.state == State::Ready {
-            let oldest = self
-                .pubs
-                .values()
-                .next()
-                .filter(|p| p.sent)
-                .map(|p| p.sent_at + PUB_TIMEOUT);
             let more = [
                 Some(self.next_beat),
-                self.retry_pubs_at,
+                self.pubs.retry_at,
                 Some(self.last_rx + BROKER_SILENCE),
                 Some(self.consumer_rx + CONSUMER_SILENCE),
-                oldest,
+                self.pubs.deadline(),
             ];
             t = t.into_iter().chain(more.into_iter().flatten()).min();
         }
@@ -1363,19 +1222,6 @@ fn decode_answer(payload: &[u8]) -> IntroAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn broker_urls_parse_with_defaults_and_credentials() {
-        let u =
-            parse_urls("nats://127.0.0.1:4222, nats://bob:pw@h2:5000,nats://tok@h3").expect("urls");
-        assert_eq!(u[0].addr, "127.0.0.1:4222");
-        assert_eq!(u[1].user, Some(("bob".into(), "pw".into())));
-        assert_eq!(u[1].addr, "h2:5000");
-        assert_eq!(u[2].token.as_deref(), Some("tok"));
-        assert_eq!(u[2].addr, "h3:4222");
-        assert!(parse_urls("http://x").is_err());
-        assert!(parse_urls("").is_err());
-    }
 
     #[test]
     fn delivery_numbers_come_from_either_reply_form() {
