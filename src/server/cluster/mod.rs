@@ -29,6 +29,7 @@
 //! a backoff, trying each configured URL in turn.
 
 mod config;
+mod consumer;
 pub mod nats;
 mod publish;
 pub mod record;
@@ -45,6 +46,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use serde_json::{Value, json};
 
+use self::consumer::{Consumer, Delivery};
 use self::nats::{Event, Msg};
 use self::record::Rec;
 use crate::server::core::{Core, IntroAnswer, Op};
@@ -140,11 +142,8 @@ pub struct Broker {
     intros: HashMap<u64, (u64, Instant)>,
     /// Probes of other nodes: request id -> (what asked, deadline).
     probes: HashMap<u64, (Asker, Instant)>,
-    /// The consumer's generation (its deliver subject and sid), and progress.
-    generation: u64,
-    applied: u64,
-    consumer_seq: u64,
-    caught_up: bool,
+    /// The stream consumer: its generation (deliver subject and sid) and progress.
+    consumer: Consumer,
     heard: HashMap<u64, Instant>,
     reported: HashMap<u64, Instant>,
     next_beat: Instant,
@@ -162,9 +161,6 @@ pub struct Broker {
     setup_deadline: Option<Instant>,
     /// The mail watermark last purged below.
     purged_below: u64,
-    /// Last delivery or idle heartbeat from the consumer.
-    consumer_rx: Instant,
-    consumer_made: Instant,
 }
 
 impl Broker {
@@ -190,10 +186,7 @@ impl Broker {
             gets: HashMap::new(),
             intros: HashMap::new(),
             probes: HashMap::new(),
-            generation: 0,
-            applied: 0,
-            consumer_seq: 0,
-            caught_up: false,
+            consumer: Consumer::new(now),
             heard: HashMap::new(),
             reported: HashMap::new(),
             next_beat: now,
@@ -206,15 +199,13 @@ impl Broker {
             ever_ready: false,
             setup_deadline: None,
             purged_below: 0,
-            consumer_rx: now,
-            consumer_made: now,
         }
     }
 
     /// Connected, set up, and the replica has applied every record the stream had
     /// when the consumer was made (the node may serve logins).
     pub fn caught_up(&self) -> bool {
-        self.state == State::Ready && self.caught_up
+        self.state == State::Ready && self.consumer.caught_up
     }
 
     /// Publishes not yet acknowledged.
@@ -224,7 +215,7 @@ impl Broker {
 
     /// The last stream sequence applied.
     pub fn applied(&self) -> u64 {
-        self.applied
+        self.consumer.applied
     }
 
     /// For the counters line: the connection's state and what waits on it.
@@ -232,7 +223,7 @@ impl Broker {
         format!(
             "broker={:?} applied={} unacknowledged={} queued_to_broker={}",
             self.state,
-            self.applied,
+            self.consumer.applied,
             self.pubs.len(),
             self.out.len()
         )
@@ -511,44 +502,24 @@ impl Broker {
     }
 
     /// A new consumer from the record after the last applied one.
-    fn consumer_name(&self, generation: u64) -> String {
-        format!("natter-{:016x}-{generation}", self.inc)
-    }
-
     fn create_consumer(&mut self) {
-        if self.generation > 0 {
+        let old = self.consumer.generation;
+        if old > 0 {
             // The one it replaces goes at once (not after its inactivity threshold).
-            nats::unsub(&mut self.out, SID_CONSUMER + self.generation);
-            let old = self.consumer_name(self.generation);
-            let subject = format!("{}.{old}", self.api("CONSUMER.DELETE"));
+            nats::unsub(&mut self.out, SID_CONSUMER + old);
+            let subject = format!(
+                "{}.{}",
+                self.api("CONSUMER.DELETE"),
+                Consumer::name(self.inc, old)
+            );
             let reply = self.inbox('x', 0);
             nats::publish(&mut self.out, &subject, Some(&reply), b"");
         }
-        self.generation += 1;
-        self.consumer_made = Instant::now();
-        self.consumer_seq = 0;
-        self.consumer_rx = Instant::now();
-        let deliver = format!("natter.d.{:016x}.{}", self.inc, self.generation);
-        nats::sub(&mut self.out, &deliver, SID_CONSUMER + self.generation);
-        let mut config = json!({
-            "deliver_subject": deliver,
-            "ack_policy": "none",
-            "replay_policy": "instant",
-            "inactive_threshold": 10_000_000_000u64,
-            // Proof of life when there is nothing to deliver: a consumer that died
-            // with a broker server is noticed and made again.
-            "idle_heartbeat": 1_000_000_000u64,
-            "mem_storage": true,
-            "num_replicas": 1,
-        });
-        if self.applied == 0 {
-            config["deliver_policy"] = json!("all");
-        } else {
-            config["deliver_policy"] = json!("by_start_sequence");
-            config["opt_start_seq"] = json!(self.applied + 1);
-        }
-        let name = self.consumer_name(self.generation);
-        config["name"] = json!(name);
+        let generation = self.consumer.renew(Instant::now());
+        let deliver = format!("natter.d.{:016x}.{generation}", self.inc);
+        nats::sub(&mut self.out, &deliver, SID_CONSUMER + generation);
+        let name = Consumer::name(self.inc, generation);
+        let config = self.consumer.config(&name, &deliver);
         let body = json!({"stream_name": self.cfg.stream, "config": config});
         let subject = format!("{}.{name}", self.api("CONSUMER.CREATE"));
         let reply = self.inbox('s', 2);
@@ -606,48 +577,41 @@ impl Broker {
                     nats::publish(&mut self.out, reply, None, b"here");
                 }
             }
-            sid if sid == SID_CONSUMER + self.generation => self.on_record(core, m, now),
+            sid if sid == SID_CONSUMER + self.consumer.generation => self.on_record(core, m, now),
             _ => {}
         }
     }
 
     /// A record from the consumer.
     fn on_record(&mut self, core: &mut Core, m: Msg<'_>, now: Instant) {
-        self.consumer_rx = now;
         if m.status().is_some() {
             // An idle heartbeat (100): says which record was delivered last.
-            if let Some(last) = m
+            let last = m
                 .header("Nats-Last-Consumer")
-                .and_then(|c| c.parse::<u64>().ok())
-                && last > self.consumer_seq
-            {
-                warn!("stream consumer lost records up to {last}: making a new one");
+                .and_then(|c| c.parse::<u64>().ok());
+            if self.consumer.heartbeat(last, now) {
+                warn!("stream consumer lost records: making a new one");
                 self.create_consumer();
             }
             return;
         }
-        let Some((sseq, cseq, pending)) = m.reply.and_then(ack_numbers) else {
-            return;
-        };
-        if cseq != self.consumer_seq + 1 {
-            warn!(
-                "stream consumer skipped from {} to {cseq}: making a new one from {}",
-                self.consumer_seq,
-                self.applied + 1
-            );
-            return self.create_consumer();
-        }
-        self.consumer_seq = cseq;
-        if pending == 0 {
+        let (delivery, caught_up) = self.consumer.delivery(m.reply, now);
+        if caught_up {
             self.set_caught_up(now);
         }
-        if sseq <= self.applied {
-            return;
-        }
-        self.applied = sseq;
-        match Rec::parse(m.subject, m.payload) {
-            Some(rec) => core.handle_cluster_record(sseq, rec, now),
-            None => warn!("stream record {sseq} on {} is not ours; skipped", m.subject),
+        match delivery {
+            Delivery::Apply(sseq) => match Rec::parse(m.subject, m.payload) {
+                Some(rec) => core.handle_cluster_record(sseq, rec, now),
+                None => warn!("stream record {sseq} on {} is not ours; skipped", m.subject),
+            },
+            Delivery::Gap { after } => {
+                warn!(
+                    "stream consumer skipped after delivery {after}: making a new one from {}",
+                    self.consumer.applied + 1
+                );
+                self.create_consumer();
+            }
+            Delivery::Duplicate | Delivery::Unknown => {}
         }
     }
 
@@ -727,15 +691,15 @@ impl Broker {
                     .get("state")
                     .and_then(|st| st.get("last_seq"))
                     .and_then(Value::as_u64);
-                if let Some(last) = last.filter(|&l| l < self.applied) {
+                if let Some(last) = last.filter(|&l| l < self.consumer.applied) {
                     // The broker lost its storage (or the stream was deleted): what
                     // this node applied is gone from the cluster. Apply the new stream
                     // from its start; restarting every node gives clean replicas.
                     error!(
                         "stream {} ends at {last}, before what this node applied ({}): the broker lost the cluster's state; restart the nodes",
-                        self.cfg.stream, self.applied
+                        self.cfg.stream, self.consumer.applied
                     );
-                    self.applied = 0;
+                    self.consumer.applied = 0;
                 }
                 match (err, code) {
                     (None, _) => {}
@@ -843,8 +807,8 @@ impl Broker {
     /// The replica has applied everything the stream had: users of this node's
     /// earlier runs are logged out at once (at the next commit), not a heartbeat later.
     fn set_caught_up(&mut self, now: Instant) {
-        if !self.caught_up {
-            self.caught_up = true;
+        if !self.consumer.caught_up {
+            self.consumer.caught_up = true;
             self.next_beat = now;
         }
     }
@@ -1030,9 +994,9 @@ impl Broker {
         // A consumer silent while the connection is not (our own heartbeats come back
         // every second) died with its server; a broker that is slow as a whole is
         // waited for, and a new consumer is given time to start.
-        if now.saturating_duration_since(self.consumer_rx) > CONSUMER_SILENCE
+        if now.saturating_duration_since(self.consumer.rx) > CONSUMER_SILENCE
             && now.saturating_duration_since(self.last_rx) < HEARTBEAT * 2
-            && now.saturating_duration_since(self.consumer_made) > CONSUMER_SILENCE * 3
+            && now.saturating_duration_since(self.consumer.made) > CONSUMER_SILENCE * 3
         {
             warn!("stream consumer silent (its broker server gone?): making a new one");
             self.create_consumer();
@@ -1044,13 +1008,13 @@ impl Broker {
             self.pubs.expire(now);
             self.send_pubs();
         }
-        if self.next_purge <= now && self.caught_up {
+        if self.next_purge <= now && self.consumer.caught_up {
             self.next_purge = now + Duration::from_secs(1);
             let subject = self.api("STREAM.PURGE");
             // Everything below the lowest unacknowledged message, in one request:
             // cheap, and enough while nothing old waits. Never past what this replica
             // has applied (a later record may be mail it has not seen yet).
-            let mark = core.mail_watermark().min(self.applied + 1);
+            let mark = core.mail_watermark().min(self.consumer.applied + 1);
             if mark > self.purged_below {
                 self.purged_below = mark;
                 let body = json!({"filter": "natter.s.mail.>", "seq": mark}).to_string();
@@ -1090,7 +1054,7 @@ impl Broker {
 
     /// Reports node incarnations with users online that have gone silent.
     fn check_nodes(&mut self, core: &mut Core, now: Instant) {
-        if !self.caught_up {
+        if !self.consumer.caught_up {
             return;
         }
         // Silence is measured against our own heartbeats coming back, not the clock: a
@@ -1159,32 +1123,13 @@ impl Broker {
                 Some(self.next_beat),
                 self.pubs.retry_at,
                 Some(self.last_rx + BROKER_SILENCE),
-                Some(self.consumer_rx + CONSUMER_SILENCE),
+                Some(self.consumer.rx + CONSUMER_SILENCE),
                 self.pubs.deadline(),
             ];
             t = t.into_iter().chain(more.into_iter().flatten()).min();
         }
         t
     }
-}
-
-/// The stream and consumer sequences and the pending count from a delivery's reply
-/// subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>`,
-/// or the longer form with a domain and account hash).
-fn ack_numbers(reply: &str) -> Option<(u64, u64, u64)> {
-    // At most twelve tokens: no allocation per record.
-    let mut t = [""; 12];
-    let mut len = 0;
-    for tok in reply.split('.') {
-        *t.get_mut(len)? = tok;
-        len += 1;
-    }
-    if len < 9 || t[0] != "$JS" || t[1] != "ACK" {
-        return None;
-    }
-    let off = if len == 9 { 2 } else { 4 };
-    let n = |i: usize| t.get(off + i)?.parse::<u64>().ok();
-    Some((n(3)?, n(4)?, n(6)?))
 }
 
 fn encode_answer(a: &IntroAnswer) -> String {
@@ -1222,19 +1167,6 @@ fn decode_answer(payload: &[u8]) -> IntroAnswer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn delivery_numbers_come_from_either_reply_form() {
-        assert_eq!(
-            ack_numbers("$JS.ACK.NATTER.c1.1.42.7.1700000000.3"),
-            Some((42, 7, 3))
-        );
-        assert_eq!(
-            ack_numbers("$JS.ACK.dom.hash.NATTER.c1.1.42.7.1700000000.0.tok"),
-            Some((42, 7, 0))
-        );
-        assert_eq!(ack_numbers("_INBOX.x"), None);
-    }
 
     #[test]
     fn introduction_answers_survive_the_wire() {
