@@ -30,6 +30,7 @@
 
 mod config;
 mod consumer;
+mod liveness;
 pub mod nats;
 mod publish;
 pub mod record;
@@ -47,19 +48,12 @@ use mio::{Interest, Registry, Token};
 use serde_json::{Value, json};
 
 use self::consumer::{Consumer, Delivery};
+use self::liveness::{Asker, Liveness, Verdict};
+pub use self::liveness::{DEAD_AFTER, HEARTBEAT, PROBE_AFTER};
 use self::nats::{Event, Msg};
 use self::record::Rec;
 use crate::server::core::{Core, IntroAnswer, Op};
 
-/// How often a node says it is alive.
-pub const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Silence after which a node incarnation is presumed gone and its users logged out.
-pub const DEAD_AFTER: Duration = Duration::from_secs(5);
-/// Heartbeats this late make a node be asked whether it is still connected (no
-/// responders: gone at once, not after `DEAD_AFTER`).
-pub const PROBE_AFTER: Duration = Duration::from_millis(1500);
-/// How long a probe of another node may take (no answer: presumed still there).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an introduction asked of another node may take.
 const INTRO_TIMEOUT: Duration = Duration::from_secs(3);
 /// Silence from the broker (which echoes our own heartbeats) after which the
@@ -108,15 +102,6 @@ enum State {
     Ready,
 }
 
-/// Who asked whether a node is still there.
-#[derive(Debug, Clone, Copy)]
-enum Asker {
-    /// A login (the core's probe id).
-    Login(u64),
-    /// This connection, for an incarnation whose heartbeats are late.
-    Silence(u64),
-}
-
 /// The connection to the broker and everything waiting on it.
 pub struct Broker {
     cfg: ClusterConfig,
@@ -140,13 +125,10 @@ pub struct Broker {
     gets: HashMap<u64, u64>,
     /// Introductions asked of other nodes: request id -> (core's id, deadline).
     intros: HashMap<u64, (u64, Instant)>,
-    /// Probes of other nodes: request id -> (what asked, deadline).
-    probes: HashMap<u64, (Asker, Instant)>,
     /// The stream consumer: its generation (deliver subject and sid) and progress.
     consumer: Consumer,
-    heard: HashMap<u64, Instant>,
-    reported: HashMap<u64, Instant>,
-    next_beat: Instant,
+    /// Other nodes' heartbeats and probes.
+    live: Liveness,
     /// Recipients whose acknowledged messages can be purged: below this sequence.
     purges: HashMap<Box<str>, u64>,
     next_purge: Instant,
@@ -185,11 +167,8 @@ impl Broker {
             next_id: 1,
             gets: HashMap::new(),
             intros: HashMap::new(),
-            probes: HashMap::new(),
             consumer: Consumer::new(now),
-            heard: HashMap::new(),
-            reported: HashMap::new(),
-            next_beat: now,
+            live: Liveness::new(now),
             purges: HashMap::new(),
             next_purge: now,
             told_healthy: None,
@@ -541,7 +520,7 @@ impl Broker {
                     f.next(),
                     f.next().and_then(|i| u64::from_str_radix(i, 16).ok()),
                 ) {
-                    self.heard.insert(inc, now);
+                    self.live.heard(inc, now);
                 }
             }
             SID_BROADCAST => {
@@ -654,19 +633,17 @@ impl Broker {
                 core.handle_intro_answer(cid, answer, now);
             }
             "r" => {
-                let Some((asker, _)) = self.probes.remove(&id) else {
+                let Some(asker) = self.live.answered(id) else {
                     return;
                 };
                 // No responders: nobody holds that node's subscription any more.
                 let alive = m.status() != Some(503);
                 match asker {
                     Asker::Login(pid) => core.handle_probe_answer(pid, alive, now),
-                    Asker::Silence(inc) if alive => {
-                        self.heard.insert(inc, now);
-                    }
+                    Asker::Silence(inc) if alive => self.live.heard(inc, now),
                     Asker::Silence(inc) => {
                         warn!("node incarnation {inc:016x} is late and no longer connected");
-                        self.reported.insert(inc, now);
+                        self.live.gone(inc, now);
                         core.handle_node_gone(inc, now);
                     }
                 }
@@ -740,7 +717,7 @@ impl Broker {
                     self.addrs.clear();
                     // Who was heard before this connection says nothing about now:
                     // everyone gets DEAD_AFTER from here to be heard again.
-                    self.heard.clear();
+                    self.live.forget_heard();
                     self.state = State::Ready;
                     self.ready_since = Some(now);
                     self.backoff = BACKOFF_MIN;
@@ -809,7 +786,7 @@ impl Broker {
     fn set_caught_up(&mut self, now: Instant) {
         if !self.consumer.caught_up {
             self.consumer.caught_up = true;
-            self.next_beat = now;
+            self.live.next_beat = now;
         }
     }
 
@@ -958,22 +935,16 @@ impl Broker {
                 core.handle_intro_answer(id, IntroAnswer::Offline, now);
             }
         }
-        let expired: Vec<u64> = self
-            .probes
-            .iter()
-            .filter(|(_, (_, t))| *t <= now)
-            .map(|(&rid, _)| rid)
-            .collect();
-        for rid in expired {
-            if let Some((Asker::Login(id), _)) = self.probes.remove(&rid) {
+        for asker in self.live.expired(now) {
+            if let Asker::Login(id) = asker {
                 core.handle_probe_answer(id, true, now);
             }
         }
-        if matches!(self.state, State::Setup | State::Ready) && self.next_beat <= now {
+        if matches!(self.state, State::Setup | State::Ready) && self.live.next_beat <= now {
             // Heard from as soon as connected: a broker electing a JetStream leader
             // (the stream is not ready yet) must not make other nodes think this one
             // is gone.
-            self.next_beat = now + HEARTBEAT;
+            self.live.next_beat = now + HEARTBEAT;
             let beat = format!("{} {:016x}", self.cfg.node, self.inc);
             nats::publish(&mut self.out, "natter.c.hb", None, beat.as_bytes());
             if self.state == State::Ready {
@@ -1046,58 +1017,28 @@ impl Broker {
     fn probe(&mut self, asker: Asker, inc: u64, now: Instant) {
         let rid = self.next_id;
         self.next_id += 1;
-        self.probes.insert(rid, (asker, now + PROBE_TIMEOUT));
+        self.live.asked(rid, asker, now);
         let reply = self.inbox('r', rid);
         let subject = format!("natter.c.probe.{inc:016x}");
         nats::publish(&mut self.out, &subject, Some(&reply), b"");
     }
 
-    /// Reports node incarnations with users online that have gone silent.
+    /// Reports node incarnations with users online that have gone silent, and asks
+    /// after those that are late.
     fn check_nodes(&mut self, core: &mut Core, now: Instant) {
         if !self.consumer.caught_up {
             return;
         }
-        // Silence is measured against our own heartbeats coming back, not the clock: a
-        // broker that stalls delays everyone's alike and makes nobody look gone. One
-        // never heard counts from when this connection became ready.
-        let own = self.heard.get(&self.inc).copied();
-        let since_ready = self.ready_since;
-        for (inc, name) in core.cluster_incarnations() {
-            // An earlier run of this very node is certainly gone.
-            let gone = if *name == *self.cfg.node {
-                true
-            } else {
-                match (own, self.heard.get(&inc).copied().or(since_ready)) {
-                    (Some(own), Some(last)) => own.saturating_duration_since(last) > DEAD_AFTER,
-                    _ => false,
-                }
-            };
-            let again = self
-                .reported
-                .get(&inc)
-                .is_none_or(|&t| now.saturating_duration_since(t) > DEAD_AFTER);
-            // Late but not yet presumed gone: is its connection still there? (The
-            // broker knows at once when a killed process's connection closed.)
-            let late = match (own, self.heard.get(&inc).copied().or(since_ready)) {
-                (Some(own), Some(last)) => own.saturating_duration_since(last) > PROBE_AFTER,
-                _ => false,
-            };
-            let probing = self
-                .probes
-                .values()
-                .any(|(a, _)| matches!(a, Asker::Silence(i) if *i == inc));
-            if late && !gone && again && !probing {
-                self.probe(Asker::Silence(inc), inc, now);
-            }
-            if gone && again {
-                self.reported.insert(inc, now);
-                core.handle_node_gone(inc, now);
+        let nodes = core.cluster_incarnations();
+        let verdicts = self
+            .live
+            .judge(self.inc, &self.cfg.node, &nodes, self.ready_since, now);
+        for (inc, verdict) in verdicts {
+            match verdict {
+                Verdict::Gone => core.handle_node_gone(inc, now),
+                Verdict::Probe => self.probe(Asker::Silence(inc), inc, now),
             }
         }
-        self.heard
-            .retain(|_, t| now.saturating_duration_since(*t) < DEAD_AFTER * 4);
-        self.reported
-            .retain(|_, t| now.saturating_duration_since(*t) < DEAD_AFTER * 4);
     }
 
     /// When [`Broker::commit`] must run next.
@@ -1112,15 +1053,15 @@ impl Broker {
         .into_iter()
         .flatten()
         .chain(self.intros.values().map(|(_, d)| *d))
-        .chain(self.probes.values().map(|(_, d)| *d))
+        .chain(self.live.deadline())
         .min();
         if self.state == State::Setup {
-            let more = [Some(self.next_beat), self.setup_deadline];
+            let more = [Some(self.live.next_beat), self.setup_deadline];
             t = t.into_iter().chain(more.into_iter().flatten()).min();
         }
         if self.state == State::Ready {
             let more = [
-                Some(self.next_beat),
+                Some(self.live.next_beat),
                 self.pubs.retry_at,
                 Some(self.last_rx + BROKER_SILENCE),
                 Some(self.consumer.rx + CONSUMER_SILENCE),
