@@ -33,6 +33,7 @@ mod consumer;
 mod liveness;
 pub mod nats;
 mod publish;
+mod purge;
 pub mod record;
 
 pub use config::{BrokerUrl, ClusterConfig, parse_urls, valid_node_name};
@@ -51,6 +52,7 @@ use self::consumer::{Consumer, Delivery};
 use self::liveness::{Asker, Liveness, Verdict};
 pub use self::liveness::{DEAD_AFTER, HEARTBEAT, PROBE_AFTER};
 use self::nats::{Event, Msg};
+use self::purge::Purges;
 use self::record::Rec;
 use crate::server::core::{Core, IntroAnswer, Op};
 
@@ -67,10 +69,6 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 const CONSUMER_SILENCE: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Purge requests per second (each removes one recipient's acknowledged messages from
-/// the stream): a purge is costly for the broker, so they are spread out, and a busy
-/// recipient's acknowledgements are gathered for longer.
-const PURGES_PER_SECOND: usize = 4;
 /// Output queued for the broker beyond which new messages are refused until it drains.
 const MAX_QUEUED: usize = 32 << 20;
 
@@ -130,8 +128,7 @@ pub struct Broker {
     /// Other nodes' heartbeats and probes.
     live: Liveness,
     /// Recipients whose acknowledged messages can be purged: below this sequence.
-    purges: HashMap<Box<str>, u64>,
-    next_purge: Instant,
+    purges: Purges,
     told_healthy: Option<bool>,
     /// The read buffer (kept, not zeroed per wake-up).
     scratch: Box<[u8]>,
@@ -141,8 +138,6 @@ pub struct Broker {
     addrs: Vec<SocketAddr>,
     ever_ready: bool,
     setup_deadline: Option<Instant>,
-    /// The mail watermark last purged below.
-    purged_below: u64,
 }
 
 impl Broker {
@@ -169,15 +164,13 @@ impl Broker {
             intros: HashMap::new(),
             consumer: Consumer::new(now),
             live: Liveness::new(now),
-            purges: HashMap::new(),
-            next_purge: now,
+            purges: Purges::new(now),
             told_healthy: None,
             scratch: Box::default(),
             read_more: false,
             addrs: Vec::new(),
             ever_ready: false,
             setup_deadline: None,
-            purged_below: 0,
         }
     }
 
@@ -903,8 +896,7 @@ impl Broker {
 
     fn queue_pub(&mut self, batch: u64, rec: Rec, expect: Option<u64>) {
         if let Rec::Ack { to, upto } = &rec {
-            let e = self.purges.entry(to.clone()).or_default();
-            *e = (*e).max(upto + 1);
+            self.purges.acked(to, *upto);
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -979,34 +971,12 @@ impl Broker {
             self.pubs.expire(now);
             self.send_pubs();
         }
-        if self.next_purge <= now && self.consumer.caught_up {
-            self.next_purge = now + Duration::from_secs(1);
-            let subject = self.api("STREAM.PURGE");
-            // Everything below the lowest unacknowledged message, in one request:
-            // cheap, and enough while nothing old waits. Never past what this replica
-            // has applied (a later record may be mail it has not seen yet).
+        if self.consumer.caught_up {
+            // Never past what this replica has applied (a later record may be mail it
+            // has not seen yet).
             let mark = core.mail_watermark().min(self.consumer.applied + 1);
-            if mark > self.purged_below {
-                self.purged_below = mark;
-                let body = json!({"filter": "natter.s.mail.>", "seq": mark}).to_string();
-                let reply = self.inbox('x', 0);
-                nats::publish(&mut self.out, &subject, Some(&reply), body.as_bytes());
-            }
-            // Recipients above it (old mail waiting for someone holds the mark back):
-            // one recipient per request, a few a second, as these are costly.
-            self.purges.retain(|_, below| *below > mark);
-            let batch: Vec<Box<str>> = self
-                .purges
-                .keys()
-                .take(PURGES_PER_SECOND)
-                .cloned()
-                .collect();
-            for to in batch {
-                let Some(below) = self.purges.remove(&to) else {
-                    continue;
-                };
-                let filter = format!("natter.s.mail.{}", record::escape(&to));
-                let body = json!({"filter": filter, "seq": below}).to_string();
+            let subject = self.api("STREAM.PURGE");
+            for body in self.purges.due(mark, now) {
                 let reply = self.inbox('x', 0);
                 nats::publish(&mut self.out, &subject, Some(&reply), body.as_bytes());
             }
