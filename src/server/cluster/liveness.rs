@@ -131,15 +131,7 @@ impl Liveness {
 
     /// Probes unanswered in time (their nodes are presumed still there).
     pub(super) fn expired(&mut self, now: Instant) -> Vec<Asker> {
-        let late: Vec<u64> = self
-            .probes
-            .iter()
-            .filter(|(_, (_, t))| *t <= now)
-            .map(|(&rid, _)| rid)
-            .collect();
-        late.into_iter()
-            .filter_map(|rid| self.answered(rid))
-            .collect()
+        super::take_expired(&mut self.probes, now)
     }
 
     /// The earliest probe deadline.

@@ -916,16 +916,8 @@ impl Broker {
         if self.connect_deadline.is_some_and(|t| t <= now) {
             self.disconnect(registry, "no answer from the broker", now);
         }
-        let expired: Vec<u64> = self
-            .intros
-            .iter()
-            .filter(|(_, (_, t))| *t <= now)
-            .map(|(&rid, _)| rid)
-            .collect();
-        for rid in expired {
-            if let Some((id, _)) = self.intros.remove(&rid) {
-                core.handle_intro_answer(id, IntroAnswer::Offline, now);
-            }
+        for id in take_expired(&mut self.intros, now) {
+            core.handle_intro_answer(id, IntroAnswer::Offline, now);
         }
         for asker in self.live.expired(now) {
             if let Asker::Login(id) = asker {
@@ -1041,6 +1033,19 @@ impl Broker {
         }
         t
     }
+}
+
+/// Removes and returns the requests in `pending` (request id -> (what, deadline)) whose
+/// deadline has passed.
+fn take_expired<T>(pending: &mut HashMap<u64, (T, Instant)>, now: Instant) -> Vec<T> {
+    let late: Vec<u64> = pending
+        .iter()
+        .filter(|(_, (_, t))| *t <= now)
+        .map(|(&rid, _)| rid)
+        .collect();
+    late.into_iter()
+        .filter_map(|rid| pending.remove(&rid).map(|(what, _)| what))
+        .collect()
 }
 
 fn encode_answer(a: &IntroAnswer) -> String {
