@@ -540,3 +540,15 @@ fn a_user_whose_node_was_killed_logs_in_elsewhere_at_once() {
         killed.elapsed()
     );
 }
+
+#[test]
+fn two_nodes_with_one_name_are_reported() {
+    let nats = Nats::start();
+    let a = node(&nats, "same", &[]);
+    let b = node(&nats, "same", &[]);
+    common::wait_until("the clash to be logged", || {
+        [&a, &b]
+            .iter()
+            .any(|n| n.log().contains("another natterd runs as node same"))
+    });
+}

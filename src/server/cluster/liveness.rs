@@ -49,6 +49,8 @@ pub(super) struct Liveness {
     probes: HashMap<u64, (Asker, Instant)>,
     /// When this node says it is alive next.
     pub next_beat: Instant,
+    /// When a second node with this node's name was last complained about.
+    clash_said: Option<Instant>,
 }
 
 impl Liveness {
@@ -58,7 +60,19 @@ impl Liveness {
             reported: HashMap::new(),
             probes: HashMap::new(),
             next_beat: now,
+            clash_said: None,
         }
+    }
+
+    /// Another node runs under this node's name: whether to say so now (once a minute).
+    pub(super) fn clash(&mut self, now: Instant) -> bool {
+        let due = self
+            .clash_said
+            .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(60));
+        if due {
+            self.clash_said = Some(now);
+        }
+        due
     }
 
     pub(super) fn heard(&mut self, inc: u64, now: Instant) {

@@ -509,10 +509,17 @@ impl Broker {
             SID_HEARTBEAT => {
                 let text = String::from_utf8_lossy(m.payload);
                 let mut f = text.split(' ');
-                if let (Some(_), Some(inc)) = (
+                if let (Some(name), Some(inc)) = (
                     f.next(),
                     f.next().and_then(|i| u64::from_str_radix(i, 16).ok()),
                 ) {
+                    if name == self.cfg.node && inc != self.inc && self.live.clash(now) {
+                        // Each would log the other's users out as an earlier run of
+                        // itself: say so loudly.
+                        error!(
+                            "another natterd runs as node {name} (incarnation {inc:016x}): every node needs its own --node name"
+                        );
+                    }
                     self.live.heard(inc, now);
                 }
             }
