@@ -3,7 +3,7 @@
 //!
 //! | record | subject | payload | published with |
 //! |---|---|---|---|
-//! | `Login` | `natter.s.seen.<user>` | `IN <node> <inc> <serial> <at> <ip> <port\|-> <key\|->` | expected last subject sequence (the claim) |
+//! | `Login` | `natter.s.seen.<user>` | `IN <node> <inc> <serial> <at> <key\|->` | expected last subject sequence (the claim) |
 //! | `Logout` | `natter.s.seen.<user>` | `OUT <at> <login seq>` | expected last subject sequence = the login's; roll-up |
 //! | `Msg` | `natter.s.mail.<to>` | `<from> <text>` | (the stream sequence becomes the message id) |
 //! | `Ack` | `natter.s.ack.<to>` | `<upto>` | roll-up |
@@ -15,7 +15,6 @@
 //! subject's shape, and two names never share a token).
 
 use std::fmt::Write;
-use std::net::IpAddr;
 
 /// Prefix of every subject the stream keeps.
 pub const STREAM_SUBJECTS: &str = "natter.s.>";
@@ -35,10 +34,6 @@ pub enum Rec {
         serial: u64,
         /// When, in Unix ms.
         at: u64,
-        /// The client's address as that node saw it.
-        ip: IpAddr,
-        /// The client's peer-to-peer port, if it announced one.
-        port: Option<u16>,
         /// The fingerprint of the certificate its client shows peers.
         key: Option<Box<str>>,
     },
@@ -139,14 +134,11 @@ impl Rec {
                 inc,
                 serial,
                 at,
-                ip,
-                port,
                 key,
                 ..
             } => {
-                let port = port.map_or_else(|| "-".to_string(), |p| p.to_string());
                 let key = key.as_deref().unwrap_or("-");
-                format!("IN {node} {inc} {serial} {at} {ip} {port} {key}")
+                format!("IN {node} {inc} {serial} {at} {key}")
             }
             Rec::Logout { at, login, .. } => format!("OUT {at} {login}"),
             Rec::Msg { from, text, .. } => format!("{from} {text}"),
@@ -200,11 +192,6 @@ impl Rec {
                         let inc = f.next()?.parse().ok()?;
                         let serial = f.next()?.parse().ok()?;
                         let at = f.next()?.parse().ok()?;
-                        let ip = f.next()?.parse().ok()?;
-                        let port = match f.next()? {
-                            "-" => None,
-                            p => Some(p.parse().ok()?),
-                        };
                         let key = match f.next()? {
                             "-" => None,
                             k => Some(k.into()),
@@ -215,8 +202,6 @@ impl Rec {
                             inc,
                             serial,
                             at,
-                            ip,
-                            port,
                             key,
                         })
                     }
@@ -346,8 +331,6 @@ mod tests {
                 inc: 7,
                 serial: 9,
                 at: 1_700_000_000_000,
-                ip: "127.0.0.2".parse().expect("ip"),
-                port: Some(4100),
                 key: Some("ab:cd".into()),
             },
             Rec::Login {
@@ -356,8 +339,6 @@ mod tests {
                 inc: 1,
                 serial: 2,
                 at: 3,
-                ip: "::1".parse().expect("ip"),
-                port: None,
                 key: None,
             },
             Rec::Logout {

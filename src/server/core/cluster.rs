@@ -41,9 +41,9 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use super::directory::{PerAccount, Remote};
-use super::session::{Gate, Phase};
+use super::session::Gate;
 use super::{AccountId, CloseReason, Core, Cx, Stored, messaging, presence};
-use crate::protocol::frames::{self, ByeReason, ErrorCode, Push, Reply};
+use crate::protocol::frames::{ByeReason, ErrorCode, Push, Reply};
 use crate::server::cluster::record::Rec;
 
 /// What the core asks of the cluster (taken with [`super::Core::poll_cluster`]).
@@ -260,9 +260,9 @@ fn publish_claim(core: &mut Core, serial: u64, now: Instant) {
     let Some(claim) = c.claims.get(&serial) else {
         return;
     };
-    let Some(s) = core.sessions.get(claim.key) else {
+    if !core.sessions.contains(claim.key) {
         return;
-    };
+    }
     let expect = c.seen.get(claim.account).map_or(0, |s| s.last);
     let rec = Rec::Login {
         who: core.dir.name(claim.account).into(),
@@ -270,8 +270,6 @@ fn publish_claim(core: &mut Core, serial: u64, now: Instant) {
         inc: c.inc,
         serial,
         at,
-        ip: s.ip,
-        port: claim.port,
         key: claim.peer_key.clone(),
     };
     core.store.publish(rec, Some(expect));
@@ -636,21 +634,10 @@ fn welcome(core: &mut Core, cl: Claim, now: Instant) {
 /// A message applied: into the recipient's window if it is this node's user with
 /// room and nothing older waiting, else into (this replica of) its mailbox.
 fn deliver(core: &mut Core, id: u64, to: AccountId, from: AccountId, text: &str) {
-    let window = core.cfg.ack_window;
-    let mailbox = core.messaging.mailboxes.get_mut(to);
-    if let Some(k) = core.dir.locate(to)
-        && let Some(s) = core.sessions.get_mut(k)
-        && let Phase::Active(a) = &mut s.phase
-        && a.inflight.len() < window
-        && mailbox.is_empty()
-    {
-        frames::encode_msg(s.output.out.tail(), id, core.dir.name(from), text);
-        a.inflight.push(id, from, text);
-        core.outbox.after_append(k, &mut s.output);
-        core.stats.direct_delivered += 1;
+    if messaging::hand_over(core, to, id, from, text) {
         return;
     }
-    mailbox.push_back(Stored {
+    core.messaging.mailboxes.get_mut(to).push_back(Stored {
         id,
         from,
         text: text.into(),
@@ -747,35 +734,14 @@ pub(super) fn intro_request(core: &mut Core, from: &str, to: &str, from_key: &st
     let Some(tkey) = core.dir.locate(target) else {
         return IntroAnswer::Offline;
     };
-    let Some((ip, port)) = core
-        .sessions
-        .get_mut(tkey)
-        .and_then(|s| Some((s.ip, s.active_mut()?.peer_port)))
-    else {
-        return IntroAnswer::Offline;
+    let addr = match super::private::peer_address(core, tkey) {
+        Ok(addr) => addr,
+        Err(ErrorCode::NoPeer) => return IntroAnswer::NoPeer,
+        Err(_) => return IntroAnswer::Offline,
     };
-    let Some(port) = port else {
-        return IntroAnswer::NoPeer;
-    };
-    let token: Box<str> = core.private.token().into();
-    let their_key = core.dir.get(target).peer_key.clone();
-    let (from_key, their_key): (Box<str>, Box<str>) = match their_key {
-        Some(t) if !from_key.is_empty() => (from_key.into(), t),
-        _ => (Box::default(), Box::default()),
-    };
-    core.push(tkey, |out| {
-        Push::Expect {
-            user: from,
-            token: &token,
-            key: &from_key,
-        }
-        .encode(out)
-    });
-    IntroAnswer::Peer {
-        addr: SocketAddr::new(ip, port),
-        token,
-        key: their_key,
-    }
+    let from_key = (!from_key.is_empty()).then(|| Box::<str>::from(from_key));
+    let (token, key) = super::private::tell_expect(core, tkey, target, from, from_key);
+    IntroAnswer::Peer { addr, token, key }
 }
 
 /// The answer to an introduction this node asked for.

@@ -65,37 +65,21 @@ pub(super) fn direct(core: &mut Core, cx: Cx, to: &str, text: &str) {
         core.stats.store_refused += 1;
         return core.error(cx.key, ErrorCode::StoreUnavailable, "");
     }
-    if core.cluster.is_some() {
-        let mailbox = core.messaging.mailboxes.get_mut(target);
-        if !mailbox.admits(cx.account, text.len(), core.messaging.caps) {
-            core.stats.mailbox_full += 1;
-            return core.error(cx.key, ErrorCode::MailboxFull, to);
-        }
-        return cluster::direct(core, cx, to, target, text);
-    }
-    let tkey = core.dir.locate(target);
-    let window = core.messaging.ack_window;
-    let live = tkey.and_then(|k| core.sessions.get_mut(k).map(|s| (k, s)));
-    let mailbox = core.messaging.mailboxes.get_mut(target);
     let id = core.messaging.next_id;
-    let from = core.dir.name(cx.account);
-    if let Some((k, s)) = live
-        && let Phase::Active(a) = &mut s.phase
-        && a.inflight.len() < window
-        && mailbox.is_empty()
-    {
-        // Straight into the recipient's window and output.
+    if core.cluster.is_none() && hand_over(core, target, id, cx.account, text) {
         core.messaging.next_id += 1;
-        core.store.message(id, from, core.dir.name(target), text);
-        frames::encode_msg(s.output.out.tail(), id, from, text);
-        a.inflight.push(id, cx.account, text);
-        core.outbox.after_append(k, &mut s.output);
-        core.stats.direct_delivered += 1;
+        core.store
+            .message(id, core.dir.name(cx.account), core.dir.name(target), text);
         return core.reply_durable(cx.key, Reply::Sent { to, stored: false });
     }
+    let mailbox = core.messaging.mailboxes.get_mut(target);
     if !mailbox.admits(cx.account, text.len(), core.messaging.caps) {
         core.stats.mailbox_full += 1;
         return core.error(cx.key, ErrorCode::MailboxFull, to);
+    }
+    if core.cluster.is_some() {
+        // Published; delivered by the recipient's node when the stream hands it back.
+        return cluster::direct(core, cx, to, target, text);
     }
     core.messaging.next_id += 1;
     mailbox.push_back(Stored {
@@ -103,18 +87,58 @@ pub(super) fn direct(core: &mut Core, cx: Cx, to: &str, text: &str) {
         from: cx.account,
         text: text.into(),
     });
-    core.store.message(id, from, core.dir.name(target), text);
+    core.store
+        .message(id, core.dir.name(cx.account), core.dir.name(target), text);
     core.stats.stored += 1;
+    let online = core.dir.locate(target).is_some();
     core.reply_durable(
         cx.key,
         Reply::Sent {
             to,
-            stored: tkey.is_none(),
+            stored: !online,
         },
     );
-    if tkey.is_some() {
+    if online {
         pump(core, target);
     }
+}
+
+/// Writes message `id` straight into `to`'s output and in-flight window if `to` is
+/// logged in here with room in the window and nothing older waiting in the mailbox;
+/// returns whether it did (else the caller stores it).
+pub(super) fn hand_over(
+    core: &mut Core,
+    to: AccountId,
+    id: u64,
+    from: AccountId,
+    text: &str,
+) -> bool {
+    let Some(k) = core.dir.locate(to) else {
+        return false;
+    };
+    let window = core.messaging.ack_window;
+    if core
+        .messaging
+        .mailboxes
+        .get(to)
+        .is_some_and(|m| !m.is_empty())
+    {
+        return false;
+    }
+    let Some(s) = core.sessions.get_mut(k) else {
+        return false;
+    };
+    let Phase::Active(a) = &mut s.phase else {
+        return false;
+    };
+    if a.inflight.len() >= window {
+        return false;
+    }
+    frames::encode_msg(s.output.out.tail(), id, core.dir.name(from), text);
+    a.inflight.push(id, from, text);
+    core.outbox.after_append(k, &mut s.output);
+    core.stats.direct_delivered += 1;
+    true
 }
 
 /// `BCAST <text>`: to every online user but the sender and those who blocked them

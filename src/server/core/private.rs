@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use log::info;
 
-use super::{Core, Cx, blocking};
+use super::{AccountId, Core, Cx, blocking};
 use crate::protocol::frames::{ErrorCode, Push, Reply};
 use crate::server::flood::Rate;
 
@@ -63,48 +63,69 @@ pub(super) fn introduce(core: &mut Core, cx: Cx, user: &str) {
         }
         return core.error(cx.key, ErrorCode::Offline, user);
     };
-    let Some((ip, port)) = core
-        .sessions
-        .get_mut(tkey)
-        .and_then(|s| Some((s.ip, s.active_mut()?.peer_port)))
-    else {
-        return core.error(cx.key, ErrorCode::Offline, user);
-    };
-    let Some(port) = port else {
-        return core.error(cx.key, ErrorCode::NoPeer, user);
+    let addr = match peer_address(core, tkey) {
+        Ok(addr) => addr,
+        Err(code) => return core.error(cx.key, code, user),
     };
     if !take_intro_token(core, cx) {
         return;
     }
-    let token = core.private.token();
     let me: Box<str> = core.dir.name(cx.account).into();
-    // Each side learns the certificate the other will present, so the private
-    // connection is mutual TLS between exactly these two clients. Only when both
-    // announced one: an older client neither understands the extra field nor speaks
-    // TLS to peers, so with one the pair stays in plain text, as before.
     let my_key = core.dir.get(cx.account).peer_key.clone();
-    let their_key = core.dir.get(target).peer_key.clone();
-    let (my_key, their_key): (Box<str>, Box<str>) = match (my_key, their_key) {
-        (Some(m), Some(t)) => (m, t),
-        _ => (Box::default(), Box::default()),
-    };
-    core.push(tkey, |out| {
-        Push::Expect {
-            user: &me,
-            token: &token,
-            key: &my_key,
-        }
-        .encode(out)
-    });
+    let (token, their_key) = tell_expect(core, tkey, target, &me, my_key);
     core.reply(
         cx.key,
         Reply::Peer {
             user,
-            addr: SocketAddr::new(ip, port),
+            addr,
             token: &token,
             key: &their_key,
         },
     );
+}
+
+/// Where session `tkey`'s client takes private connections: `-OFFLINE` if it is no
+/// longer logged in, `-NO_PEER` if its client announced no peer port.
+pub(super) fn peer_address(core: &mut Core, tkey: usize) -> Result<SocketAddr, ErrorCode> {
+    let (ip, port) = core
+        .sessions
+        .get_mut(tkey)
+        .and_then(|s| Some((s.ip, s.active_mut()?.peer_port)))
+        .ok_or(ErrorCode::Offline)?;
+    let port = port.ok_or(ErrorCode::NoPeer)?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// The target's side of an introduction: its client (session `tkey`, account
+/// `target`) is told to expect `caller` with a fresh token. Returns the token and the
+/// certificate fingerprint the caller must pin.
+///
+/// Each side learns the certificate the other will present, so the private
+/// connection is mutual TLS between exactly these two clients. Only when both
+/// announced one: an older client neither understands the extra field nor speaks TLS
+/// to peers, so with one the pair stays in plain text, as before.
+pub(super) fn tell_expect(
+    core: &mut Core,
+    tkey: usize,
+    target: AccountId,
+    caller: &str,
+    caller_key: Option<Box<str>>,
+) -> (Box<str>, Box<str>) {
+    let token: Box<str> = core.private.token().into();
+    let (caller_key, their_key): (Box<str>, Box<str>) =
+        match (caller_key, core.dir.get(target).peer_key.clone()) {
+            (Some(m), Some(t)) => (m, t),
+            _ => (Box::default(), Box::default()),
+        };
+    core.push(tkey, |out| {
+        Push::Expect {
+            user: caller,
+            token: &token,
+            key: &caller_key,
+        }
+        .encode(out)
+    });
+    (token, their_key)
 }
 
 /// Takes one of the caller's introduction tokens, or answers `-RATE_LIMITED`.
