@@ -14,57 +14,30 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Runs when the event loop goes quiet: mimalloc returns freed pages to the kernel only
-/// during later allocator calls, which an idle server does not make.
-fn release_memory() {
+/// Runs when the event loop goes quiet, with `connections` open: mimalloc returns
+/// freed pages to the kernel only during later allocator calls, which an idle server
+/// does not make. Code that start-up used is unmapped at the first quiet moment, and
+/// again whenever the server has gone quiet with nobody connected (at most once a
+/// second): an empty server holds only what it needs to wait.
+fn release_memory(connections: usize) {
     // SAFETY: `mi_collect` takes no pointers and has no preconditions; it is safe to
     // call from any thread at any time (it only walks mimalloc's own structures).
     unsafe { libmimalloc_sys::mi_collect(true) }
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(page_out_start_up_code);
-}
-
-/// Gives back the pages of natterd's own code and constants that only start-up used
-/// (argument parsing, loading credentials and the certificate, journal replay): the
-/// kernel read them in, in 64 KiB runs around each first use, and keeps them resident
-/// until memory runs short. Advised once, at the first quiet moment: what the loop runs
-/// afterwards is read back in as it is used. Nothing else changes: these mappings are
-/// read-only copies of the executable file, so the pages are reloaded from it.
-fn page_out_start_up_code() {
-    use nix::sys::mman::{MmapAdvise, madvise};
-    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let Ok(mut last) = LAST.lock() else {
         return;
     };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
-        return;
+    let now = std::time::Instant::now();
+    let due = match *last {
+        None => true,
+        Some(at) => connections == 0 && now.duration_since(at) >= Duration::from_secs(1),
     };
-    for line in maps.lines() {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            continue;
-        };
-        let path = f.nth(3);
-        if path != exe.to_str() || perms.contains('w') {
-            continue;
-        }
-        let Some((lo, hi)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-        else {
-            continue;
-        };
-        let Some(addr) = std::ptr::NonNull::new(lo as *mut std::ffi::c_void) else {
-            continue;
-        };
-        // SAFETY: the range is one whole mapping of this process, read from
-        // /proc/self/maps: page-aligned and mapped. It is a read-only, private mapping
-        // of the executable file, so MADV_PAGEOUT only drops clean pages that the kernel
-        // reloads from the file on the next access: no memory this process wrote is
-        // lost and no reference into it becomes invalid.
-        let _ = unsafe { madvise(addr, hi - lo, MmapAdvise::MADV_PAGEOUT) };
+    if due {
+        *last = Some(now);
+        natter::server::memory::unmap_clean_code();
     }
 }
+
 use natter::server::event_loop::{Limits, StoreConfig};
 use natter::server::store::FsyncPolicy;
 use natter::server::tls::CertSource;

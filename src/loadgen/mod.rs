@@ -183,6 +183,8 @@ pub struct ProcSample {
     pub cpu: f64,
     /// Resident memory, KiB.
     pub rss_kib: u64,
+    /// Of which anonymous (the heap and stacks, not code or mapped files), KiB.
+    pub anon_kib: u64,
     /// The most resident memory so far, KiB.
     pub peak_rss_kib: u64,
     /// Context switches of the main (event-loop) thread: how often it slept and woke.
@@ -201,6 +203,7 @@ impl ProcSample {
             let t = total.get_or_insert_with(ProcSample::default);
             t.cpu += p.cpu;
             t.rss_kib += p.rss_kib;
+            t.anon_kib += p.anon_kib;
             t.peak_rss_kib += p.peak_rss_kib;
             t.switches += p.switches;
             t.fds += p.fds;
@@ -229,6 +232,7 @@ impl ProcSample {
             // USER_HZ is 100 on every Linux the kernel ABI allows.
             cpu: ticks as f64 / 100.0,
             rss_kib: field("VmRSS:"),
+            anon_kib: field("RssAnon:"),
             peak_rss_kib: field("VmHWM:"),
             switches: field("voluntary_ctxt_switches:") + field("nonvoluntary_ctxt_switches:"),
             fds,
@@ -381,15 +385,35 @@ fn wait_for(limit: Duration, progress: &Progress, mut cond: impl FnMut() -> bool
     }
 }
 
-/// One connection that says hello and leaves, then a pause for the server to go
-/// quiet (it releases idle buffers 50 ms after activity stops).
-fn probe(addr: SocketAddr) {
+/// Two of the scenario's own users log in (each seeing the other arrive), log out and
+/// leave; then a pause for the server to go quiet (it releases idle buffers 50 ms after
+/// activity stops). The baseline taken after it already holds what the first logins
+/// of a run cost once (the login, presence and logout code paged in, tables warmed),
+/// so the per-connection figure is the cost of one more idle user.
+fn probe(addr: SocketAddr, plan: &Plan) {
     use std::io::{BufRead, BufReader, Write};
-    if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        if s.write_all(b"HELLO 1\n").is_ok() {
-            let mut line = String::new();
-            let _ = BufReader::new(&s).read_line(&mut line);
+    let login = |idx: usize| -> Option<std::net::TcpStream> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let hello = format!("HELLO 1\nLOGIN {} {}\n", plan.user(idx), plan.password(idx));
+        s.write_all(hello.as_bytes()).ok()?;
+        let mut reader = BufReader::new(s.try_clone().ok()?);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).ok()? == 0 || line.starts_with('-') {
+                return None;
+            }
+            if line.starts_with("+WELCOME") {
+                return Some(s);
+            }
+        }
+    };
+    let users: Vec<_> = (0..plan.clients.min(2)).filter_map(login).collect();
+    for mut s in users {
+        if s.write_all(b"LOGOUT\n").is_ok() {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut sink);
         }
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -472,7 +496,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         // memory against the untouched server would credit that change to the
         // connections. Probe first, let it go quiet, then take the baseline.
         for &a in &addr {
-            probe(a);
+            probe(a, &plan);
         }
     }
     let before_connect = sample();
@@ -563,6 +587,10 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
                 report.float(
                     "server_rss_per_conn_bytes",
                     (a.rss_kib.saturating_sub(base.rss_kib) * 1024) as f64 / n as f64,
+                );
+                report.float(
+                    "server_anon_per_conn_bytes",
+                    (a.anon_kib.saturating_sub(base.anon_kib) * 1024) as f64 / n as f64,
                 );
                 report.float(
                     "server_wakeups_per_s",

@@ -191,9 +191,10 @@ fn classify(line: &[u8], max_line: usize) -> Frame<'_> {
 pub struct OutBuf {
     buf: Vec<u8>,
     pos: usize,
-    /// The last frame appended by [`OutBuf::push_list`]: its prefix, where it starts
-    /// and where it ends. It can take more names while it is the last thing buffered.
-    list: Option<(&'static [u8], usize, usize)>,
+    /// The last frame appended by [`OutBuf::push_list`]: where it starts and where it
+    /// ends (its prefix is read back from the buffer). It can take more names while it
+    /// is the last thing buffered.
+    list: Option<(u32, u32)>,
 }
 
 /// Longest list line [`OutBuf::push_list`] builds (peers' line limits are 8 KiB).
@@ -239,12 +240,13 @@ impl OutBuf {
     /// is how a burst of presence changes becomes one line per recipient, not one per
     /// change, without reordering anything (only the very last frame is ever extended).
     pub fn push_list(&mut self, prefix: &'static [u8], name: &[u8]) {
-        let start = match self.list {
-            Some((p, start, end))
-                if std::ptr::eq(p, prefix)
-                    && end == self.buf.len()
+        let start = match self.list.map(|(start, end)| (start as usize, end as usize)) {
+            Some((start, end))
+                if end == self.buf.len()
                     && end > self.pos
-                    && end - start + name.len() < MAX_LIST_LINE =>
+                    && end - start + name.len() < MAX_LIST_LINE
+                    && self.buf[start..].starts_with(prefix)
+                    && self.buf.get(start + prefix.len()) == Some(&b' ') =>
             {
                 // The last byte is the frame's unwritten newline.
                 self.buf.pop();
@@ -260,7 +262,10 @@ impl OutBuf {
         };
         self.buf.extend_from_slice(name);
         self.buf.push(b'\n');
-        self.list = Some((prefix, start, self.buf.len()));
+        // (A queue past 4 GiB simply stops coalescing.)
+        self.list = u32::try_from(start)
+            .ok()
+            .zip(u32::try_from(self.buf.len()).ok());
     }
 
     /// Memory held, written or not.

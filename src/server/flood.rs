@@ -2,9 +2,12 @@
 //! (flood control), private introductions per user, and new connections per address.
 //!
 //! A bucket holds up to `burst` tokens and gains `rate` tokens a second; an action
-//! takes one. Time is passed in, so tests drive it without sleeping.
+//! takes one. Time is passed in, so tests drive it without sleeping; it is kept as a
+//! [`Stamp`] (every connection has a bucket or two: 16 bytes each, not 24).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Stamp;
 
 /// A bucket's limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,26 +22,26 @@ pub(crate) struct Rate {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TokenBucket {
     tokens: f64,
-    at: Instant,
+    at: Stamp,
 }
 
 impl TokenBucket {
     /// A full bucket.
-    pub(crate) fn full(rate: Rate, now: Instant) -> TokenBucket {
+    pub(crate) fn full(rate: Rate, now: Stamp) -> TokenBucket {
         TokenBucket {
             tokens: rate.burst,
             at: now,
         }
     }
 
-    fn refill(&mut self, rate: Rate, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+    fn refill(&mut self, rate: Rate, now: Stamp) {
+        let elapsed = now.since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate.per_sec).min(rate.burst);
         self.at = now;
     }
 
     /// Takes a token, or says how long until one is back.
-    pub(crate) fn take(&mut self, rate: Rate, now: Instant) -> Result<(), Duration> {
+    pub(crate) fn take(&mut self, rate: Rate, now: Stamp) -> Result<(), Duration> {
         self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -49,7 +52,7 @@ impl TokenBucket {
     }
 
     /// Whether the bucket would be full at `now` (nothing to remember about it).
-    pub(crate) fn is_full(&self, rate: Rate, now: Instant) -> bool {
+    pub(crate) fn is_full(&self, rate: Rate, now: Stamp) -> bool {
         let mut b = *self;
         b.refill(rate, now);
         b.tokens >= rate.burst
@@ -62,7 +65,7 @@ mod tests {
 
     #[test]
     fn burst_then_rate() {
-        let t0 = Instant::now();
+        let t0 = Stamp::default();
         let rate = Rate {
             burst: 3.0,
             per_sec: 2.0,
@@ -73,7 +76,7 @@ mod tests {
         }
         assert_eq!(b.take(rate, t0), Err(Duration::from_millis(500)));
         assert!(!b.is_full(rate, t0));
-        assert_eq!(b.take(rate, t0 + Duration::from_millis(500)), Ok(()));
-        assert!(b.is_full(rate, t0 + Duration::from_secs(10)));
+        assert_eq!(b.take(rate, t0.after(Duration::from_millis(500))), Ok(()));
+        assert!(b.is_full(rate, t0.after(Duration::from_secs(10))));
     }
 }

@@ -9,16 +9,20 @@
 //! - [`tls`]: the certificate natterd presents (given or self-signed);
 //! - [`timer`]: the hashed timer wheel behind every deadline;
 //! - [`accounts`]: loading `credentials.txt`, password hashes;
+//! - [`memory`]: giving back the code pages an idle server does not need;
+//! - `clock`: compact points in time (milliseconds) for per-connection state;
 //! - `flood`: the token bucket behind every rate limit;
 //! - `verify_queue`: the bounded, fair queue of logins waiting for a verifier;
 //! - `verifier`: the threads that check password hashes off the loop.
 
 pub mod accounts;
+pub(crate) mod clock;
 pub mod cluster;
 pub mod core;
 pub mod event_loop;
 pub(crate) mod flood;
 mod mailbox;
+pub mod memory;
 pub mod store;
 pub mod timer;
 pub mod tls;

@@ -15,13 +15,14 @@ use crate::protocol::{Flow, Frame};
 
 /// Feeds bytes read from a connection through its decoder to the handlers.
 pub(super) fn feed(core: &mut Core, key: usize, data: &[u8], now: Instant) {
+    let stamp = core.timers.stamp(now);
     let Some(s) = core.sessions.get_mut(key) else {
         return;
     };
     if s.is_closing() {
         return;
     }
-    s.live.last_rx = now;
+    s.live.last_rx = stamp;
     s.live.awaiting = false;
     let mut decoder = std::mem::take(&mut s.decoder);
     let max_line = core.cfg.max_line;
@@ -67,7 +68,7 @@ fn take_token(core: &mut Core, key: usize, now: Instant) -> bool {
     if core.cfg.flood_burst == 0 || (s.ip.is_loopback() && !limit_loopback) {
         return true;
     }
-    let Err(wait) = s.tokens.take(rate, now) else {
+    let Err(wait) = s.tokens.take(rate, core.timers.stamp(now)) else {
         return true;
     };
     s.gate = Gate::Throttled;
@@ -143,7 +144,7 @@ fn on_request(core: &mut Core, key: usize, req: Request<'_>, now: Instant) {
         Phase::Active(a) => {
             // Only what the user typed counts as activity.
             if req.is_user_activity() {
-                a.last_activity = now;
+                a.last_activity = core.timers.stamp(now);
             }
             Stage::Active(a.account)
         }

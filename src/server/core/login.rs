@@ -386,12 +386,13 @@ pub(super) fn enter(
     );
     s.gate = Gate::Open;
     let serial = s.serial;
+    let stamp = core.timers.stamp(now);
     s.phase = Phase::Active(Active {
         account: id,
-        last_activity: now,
+        last_activity: stamp,
         peer_port: port,
         inflight: Default::default(),
-        intros: TokenBucket::full(super::private::RATE, now),
+        intros: TokenBucket::full(super::private::RATE, stamp),
     });
     // No login deadline any more; inactivity instead.
     super::timers::rearm(core, key, serial);

@@ -301,11 +301,12 @@ impl Core {
         let serial = self.next_serial;
         self.next_serial += 1;
         let key = self.sessions.vacant_key();
-        let deadline = now + self.cfg.login_timeout;
-        let live_due = now + self.cfg.ping_interval;
+        let stamp = self.timers.stamp(now);
+        let deadline = stamp.after(self.cfg.login_timeout);
+        let live_due = stamp.after(self.cfg.ping_interval);
         let timer = self
             .timers
-            .insert(deadline.min(live_due), TimerKind::Session { key, serial });
+            .insert_stamp(deadline.min(live_due), TimerKind::Session { key, serial });
         let got = self.sessions.insert(Session {
             ip: peer.ip(),
             serial,
@@ -314,13 +315,13 @@ impl Core {
             phase: Phase::Hello { deadline },
             gate: Gate::Open,
             live: Liveness {
-                last_rx: now,
+                last_rx: stamp,
                 due: live_due,
                 ping_seq: 0,
                 awaiting: false,
             },
             timer: Some(timer),
-            tokens: TokenBucket::full(self.flood_rate(), now),
+            tokens: TokenBucket::full(self.flood_rate(), stamp),
         });
         debug_assert_eq!(got, key);
         self.stats.accepted += 1;

@@ -130,8 +130,9 @@ pub(super) fn tell_expect(
 
 /// Takes one of the caller's introduction tokens, or answers `-RATE_LIMITED`.
 fn take_intro_token(core: &mut Core, cx: Cx) -> bool {
+    let stamp = core.timers.stamp(cx.now);
     if let Some(a) = core.sessions.get_mut(cx.key).and_then(|s| s.active_mut())
-        && a.intros.take(RATE, cx.now).is_err()
+        && a.intros.take(RATE, stamp).is_err()
     {
         info!("conn {}: too many private introductions, refused", cx.key);
         core.error(cx.key, ErrorCode::RateLimited, "");

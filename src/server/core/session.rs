@@ -9,13 +9,13 @@
 //! (with the login it will finish) or flood control.
 
 use std::net::IpAddr;
-use std::time::Instant;
 
 use super::AccountId;
 use super::flood::TokenBucket;
 use super::inflight::Inflight;
 use super::outbox::Output;
 use crate::protocol::LineDecoder;
+use crate::server::clock::Stamp;
 use crate::server::timer::TimerHandle;
 
 pub(crate) struct Session {
@@ -38,12 +38,12 @@ pub(crate) struct Session {
 pub(crate) enum Phase {
     /// Waiting for `HELLO`; must log in by `deadline`.
     Hello {
-        deadline: Instant,
+        deadline: Stamp,
     },
     /// Handshake done, waiting for a successful login by `deadline`; `user` is the
     /// account a `USER` named, whose password a `PASS` gives.
     Login {
-        deadline: Instant,
+        deadline: Stamp,
         user: Option<AccountId>,
     },
     Active(Active),
@@ -54,7 +54,7 @@ pub(crate) enum Phase {
 /// A logged-in session.
 pub(crate) struct Active {
     pub account: AccountId,
-    pub last_activity: Instant,
+    pub last_activity: Stamp,
     pub peer_port: Option<u16>,
     /// Direct messages sent and not yet acknowledged, oldest first.
     pub inflight: Inflight,
@@ -80,12 +80,13 @@ pub(crate) enum Gate {
 
 /// The liveness check: a silent connection is pinged, and dropped if nothing answers.
 pub(crate) struct Liveness {
-    pub last_rx: Instant,
+    pub last_rx: Stamp,
     /// When to check next: `last_rx + interval` (ping if still silent), or, with a
     /// ping out, the ping's time plus the grace (drop if still silent). Data arriving
     /// does not move it: the check re-arms itself lazily.
-    pub due: Instant,
-    pub ping_seq: u64,
+    pub due: Stamp,
+    /// The latest ping's number (one every ping interval: `u32` lasts millennia).
+    pub ping_seq: u32,
     /// A `*PING` is out and nothing has arrived since.
     pub awaiting: bool,
 }

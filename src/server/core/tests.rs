@@ -655,7 +655,8 @@ fn a_reload_adds_changes_and_removes_accounts() {
 /// adds up these sizes): a regression here is a regression of memory per user.
 #[test]
 fn an_idle_session_stays_small() {
-    assert!(std::mem::size_of::<super::session::Session>() <= 320);
+    assert!(std::mem::size_of::<super::session::Session>() <= 256);
     assert!(std::mem::size_of::<crate::protocol::LineDecoder>() <= 40);
-    assert!(std::mem::size_of::<super::outbox::Output>() <= 80);
+    assert!(std::mem::size_of::<super::outbox::Output>() <= 64);
+    assert!(std::mem::size_of::<crate::server::flood::TokenBucket>() <= 16);
 }

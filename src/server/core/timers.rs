@@ -15,6 +15,7 @@ use log::info;
 use super::session::{self, Gate, Phase};
 use super::{AccountId, CloseReason, Core, dispatch, login};
 use crate::protocol::frames::{ByeReason, Push};
+use crate::server::clock::{Clock, Stamp};
 use crate::server::timer::{TimerHandle, TimerWheel};
 
 #[derive(Debug, Clone, Copy)]
@@ -31,28 +32,47 @@ pub(super) enum TimerKind {
 
 pub(super) struct Timers {
     wheel: TimerWheel<TimerKind>,
-    origin: Instant,
+    /// Start, and the time base of the sessions' stamps.
+    clock: Clock,
 }
 
 impl Timers {
     pub(super) fn new(now: Instant) -> Timers {
         Timers {
             wheel: TimerWheel::new(now, Duration::from_millis(100), 1024),
-            origin: now,
+            clock: Clock::new(now),
         }
     }
 
+    /// `now` as sessions keep it.
+    pub(super) fn stamp(&self, now: Instant) -> Stamp {
+        self.clock.stamp(now)
+    }
+
     /// Rounds a deadline up to the next whole second since start.
-    pub(super) fn coarse(&self, t: Instant) -> Instant {
-        let since = t.saturating_duration_since(self.origin);
+    fn coarse(&self, t: Instant) -> Instant {
+        let origin = self.clock.instant(Stamp::default());
+        let since = t.saturating_duration_since(origin);
         let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
-        self.origin + Duration::from_secs(secs)
+        origin + Duration::from_secs(secs)
+    }
+
+    /// Whether a session's deadline `at` counts as reached at `now`: at its whole
+    /// second, as its timer fires (checking the exact instant on a wake-up for another
+    /// deadline would act early).
+    fn reached(&self, at: Stamp, now: Instant) -> bool {
+        self.coarse(self.clock.instant(at)) <= now
     }
 
     /// Arms a timer at `at`, rounded up to a whole second.
     pub(super) fn insert(&mut self, at: Instant, kind: TimerKind) -> TimerHandle {
         let at = self.coarse(at);
         self.wheel.insert(at, kind)
+    }
+
+    /// Arms a session's timer at `at`, rounded up to a whole second.
+    pub(super) fn insert_stamp(&mut self, at: Stamp, kind: TimerKind) -> TimerHandle {
+        self.insert(self.clock.instant(at), kind)
     }
 
     /// Arms a timer at exactly `at` (short pauses).
@@ -98,10 +118,8 @@ fn session_checks(core: &mut Core, key: usize, serial: u64, now: Instant) {
     };
     s.timer = None;
     // No login within `--login-timeout`.
-    // Deadlines count as reached at their whole second, as the timer does: checking
-    // the exact instant on a wake-up for another deadline would act early.
     if let Phase::Hello { deadline } | Phase::Login { deadline, .. } = s.phase
-        && core.timers.coarse(deadline) <= now
+        && core.timers.reached(deadline, now)
     {
         core.stats.login_timeouts += 1;
         info!(
@@ -110,13 +128,15 @@ fn session_checks(core: &mut Core, key: usize, serial: u64, now: Instant) {
         );
         return core.bye(key, ByeReason::LoginTimeout, CloseReason::LoginTimeout, now);
     }
-    if core.timers.coarse(s.live.due) <= now && !liveness(core, key, now) {
+    if core.timers.reached(s.live.due, now) && !liveness(core, key, now) {
         return;
     }
     // Inactivity: no command for `TIMEOUT` (checked lazily: commands only store the
     // time of the last one).
     if let Some(Phase::Active(a)) = core.sessions.get(key).map(|s| &s.phase)
-        && core.timers.coarse(a.last_activity + core.cfg.timeout) <= now
+        && core
+            .timers
+            .reached(a.last_activity.after(core.cfg.timeout), now)
     {
         core.stats.idle_logouts += 1;
         core.push(key, |out| Push::Timeout.encode(out));
@@ -127,8 +147,9 @@ fn session_checks(core: &mut Core, key: usize, serial: u64, now: Instant) {
 
 /// The liveness check: ping a connection silent for `ping_interval`; drop it if the
 /// ping goes unanswered for `ping_timeout`. Returns false if it dropped it.
-fn liveness(core: &mut Core, key: usize, now: Instant) -> bool {
+fn liveness(core: &mut Core, key: usize, at: Instant) -> bool {
     let (interval, grace) = (core.cfg.ping_interval, core.cfg.ping_timeout);
+    let now = core.timers.stamp(at);
     let Some(s) = core.sessions.get_mut(key) else {
         return false;
     };
@@ -141,18 +162,18 @@ fn liveness(core: &mut Core, key: usize, now: Instant) -> bool {
     if s.live.awaiting {
         core.stats.dead_peer_kills += 1;
         info!("conn {key}: no answer to ping within {grace:?}, closing");
-        core.close(key, CloseReason::NoPong, now);
+        core.close(key, CloseReason::NoPong, at);
         return false;
     }
-    s.live.due = if now.saturating_duration_since(s.live.last_rx) >= interval {
-        s.live.ping_seq += 1;
+    s.live.due = if now.since(s.live.last_rx) >= interval {
+        s.live.ping_seq = s.live.ping_seq.wrapping_add(1);
         s.live.awaiting = true;
-        let seq = s.live.ping_seq;
+        let seq = u64::from(s.live.ping_seq);
         core.outbox
             .push(key, &mut s.output, |out| Push::Ping { seq }.encode(out));
-        now + grace
+        now.after(grace)
     } else {
-        s.live.last_rx + interval
+        s.live.last_rx.after(interval)
     };
     true
 }
@@ -169,17 +190,20 @@ pub(super) fn rearm(core: &mut Core, key: usize, serial: u64) {
     }
     let phase_due = match &s.phase {
         Phase::Hello { deadline } | Phase::Login { deadline, .. } => Some(*deadline),
-        Phase::Active(a) => Some(a.last_activity + timeout),
+        Phase::Active(a) => Some(a.last_activity.after(timeout)),
         Phase::Closing => None,
     };
     let at = phase_due.map_or(s.live.due, |d| d.min(s.live.due));
-    s.timer = Some(core.timers.insert(at, TimerKind::Session { key, serial }));
+    s.timer = Some(
+        core.timers
+            .insert_stamp(at, TimerKind::Session { key, serial }),
+    );
 }
 
 /// `PONG <seq>`: answers our latest ping.
 pub(super) fn pong(core: &mut Core, key: usize, seq: u64) {
     if let Some(s) = core.sessions.get_mut(key)
-        && seq == s.live.ping_seq
+        && seq == u64::from(s.live.ping_seq)
     {
         s.live.awaiting = false;
     }
