@@ -14,31 +14,36 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Runs when the event loop goes quiet, with `connections` open: mimalloc returns
-/// freed pages to the kernel only during later allocator calls, which an idle server
-/// does not make. Code that start-up used is unmapped at the first quiet moment, and
-/// again whenever the server has gone quiet with nobody connected (at most once a
-/// second): an empty server holds only what it needs to wait.
-fn release_memory(connections: usize) {
+/// Runs when the event loop goes quiet: mimalloc returns freed pages to the kernel
+/// only during later allocator calls, which an idle server does not make. Code that
+/// start-up or earlier clients used is unmapped at the first quiet moment and whenever
+/// the server has gone quiet with nobody connected, at most twice a second: an empty
+/// server holds only what it needs to wait. After unmapping, it asks to be called once
+/// more half a second later (threads finishing their start, a connection's last steps), and
+/// nothing more: an empty, quiet server is not woken again.
+fn release_memory(quiet: Quiet) -> Option<Duration> {
+    const EVERY: Duration = Duration::from_millis(500);
     // SAFETY: `mi_collect` takes no pointers and has no preconditions; it is safe to
     // call from any thread at any time (it only walks mimalloc's own structures).
     unsafe { libmimalloc_sys::mi_collect(true) }
     static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
-    let Ok(mut last) = LAST.lock() else {
-        return;
-    };
+    let mut last = LAST.lock().ok()?;
     let now = std::time::Instant::now();
-    let due = match *last {
-        None => true,
-        Some(at) => connections == 0 && now.duration_since(at) >= Duration::from_secs(1),
-    };
-    if due {
-        *last = Some(now);
-        natter::server::memory::unmap_clean_code();
+    let since = last.map(|at| now.saturating_duration_since(at));
+    if since.is_some() && quiet.connections > 0 {
+        return None;
+    }
+    match since {
+        Some(since) if since < EVERY && !quiet.recheck => Some(EVERY - since),
+        _ => {
+            *last = Some(now);
+            natter::server::memory::unmap_clean_code();
+            Some(EVERY)
+        }
     }
 }
 
-use natter::server::event_loop::{Limits, StoreConfig};
+use natter::server::event_loop::{Limits, Quiet, StoreConfig};
 use natter::server::store::FsyncPolicy;
 use natter::server::tls::CertSource;
 use natter::server::{self, Config, CoreConfig, LockoutScope};

@@ -118,10 +118,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Where and how durable state is kept.
     pub store: StoreConfig,
-    /// Called when the loop goes quiet after activity (a poll that returned no events),
-    /// with the number of connections open: the binary uses it to hand freed memory
-    /// back to the kernel.
-    pub on_idle: Option<fn(usize)>,
+    /// Called when the loop goes quiet after activity (a poll that returned no events):
+    /// the binary uses it to hand freed memory back to the kernel. It may ask to be
+    /// called once more, after a delay, if the loop is still quiet then.
+    pub on_idle: Option<fn(Quiet) -> Option<Duration>>,
     /// The credentials file, re-read on SIGHUP (`None`: no signal handling at all).
     pub credentials_path: Option<PathBuf>,
     /// Per-address connection limits.
@@ -158,6 +158,15 @@ pub struct Limits {
 struct IpEntry {
     conns: u32,
     tokens: TokenBucket,
+}
+
+/// What the `on_idle` hook is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quiet {
+    /// Connections open.
+    pub connections: usize,
+    /// This is the later call the hook asked for (nothing happened in between).
+    pub recheck: bool,
 }
 
 /// Where and how durable state is kept.
@@ -227,9 +236,11 @@ pub struct Server {
     /// Connections whose read budget ran out: (key, serial), revisited next iteration.
     read_backlog: Vec<(usize, u64)>,
     accept_ready: bool,
-    on_idle: Option<fn(usize)>,
+    on_idle: Option<fn(Quiet) -> Option<Duration>>,
     /// Events were handled since `on_idle` last ran.
     busy: bool,
+    /// When to call `on_idle` again, as it asked (cancelled by activity).
+    idle_recheck: Option<Instant>,
     /// Set when accepting failed for lack of file descriptors.
     accept_retry_at: Option<Instant>,
     verifier: Verifier,
@@ -325,6 +336,7 @@ impl Server {
             read_backlog: Vec::new(),
             accept_ready: true,
             on_idle: cfg.on_idle,
+            idle_recheck: None,
             // Start as if busy: the first quiet poll then gives back what start-up used
             // (credentials parsing, journal replay), instead of only after a first client.
             busy: true,
@@ -420,15 +432,25 @@ impl Server {
     /// kernel.
     fn note_activity(&mut self, no_events: bool) {
         if no_events && self.read_backlog.is_empty() {
+            let now = Instant::now();
+            let recheck = !self.busy && self.idle_recheck.is_some_and(|t| t <= now);
             if self.busy {
                 self.core.release_buffers();
-                if let Some(f) = self.on_idle {
-                    f(self.conns.len());
-                }
+            }
+            if let Some(f) = self.on_idle
+                && (self.busy || recheck)
+            {
+                self.idle_recheck = f(Quiet {
+                    connections: self.conns.len(),
+                    recheck,
+                })
+                .filter(|_| !recheck)
+                .map(|d| now + d);
             }
             self.busy = false;
         } else {
             self.busy = true;
+            self.idle_recheck = None;
         }
     }
 
@@ -465,7 +487,11 @@ impl Server {
         }
         // After activity, wake once when things go quiet so `on_idle` runs then, not at
         // the next timer (which may be many seconds away).
-        let quiet = self.busy.then(|| now + QUIET_AFTER);
+        let quiet = if self.busy {
+            Some(now + QUIET_AFTER)
+        } else {
+            self.idle_recheck
+        };
         [
             self.core.poll_timeout(),
             self.accept_retry_at,
