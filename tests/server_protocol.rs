@@ -578,3 +578,55 @@ fn one_sender_cannot_fill_a_mailbox_for_everyone() {
     let mut leia = s.login("leia", "princess$1");
     leia.expect_msg("vader", "spam 0");
 }
+
+/// The loop stops reading a socket at a short read (the receive queue is drained) and
+/// relies on edge-triggered readiness for what comes next: input followed at once by
+/// the client's close must still be handled in full, and the close noticed at once;
+/// input larger than one read, arriving in pieces, must all be read.
+#[test]
+fn input_then_close_and_input_in_pieces_are_all_read() {
+    let s = Server::start(&["0"]);
+    let mut yoda = s.login("yoda", "wise@!man");
+    // Input and the close arrive while natterd is stopped, so it sees both in one
+    // readiness event: the short read of the input must not end its reading.
+    let mut hans = s.login("hans", "falcon*solo");
+    yoda.expect("*LOGIN hans");
+    let server = nix::unistd::Pid::from_raw(s.pid() as i32);
+    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    hans.send_bytes(b"MSG yoda one\nMSG yoda two\n");
+    hans.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGCONT).expect("continue");
+    yoda.expect_msg("hans", "one");
+    yoda.expect_msg("hans", "two");
+    yoda.expect("*LOGOUT hans");
+    assert_eq!(hans.expect_closed(), ["+SENT yoda", "+SENT yoda"]);
+    // The same with input that gets no answer (an unfinished line, dropped at the
+    // close): no write to the socket raises another event, so only the first one's
+    // report of the close can end the session.
+    let mut hans = s.login("hans", "falcon*solo");
+    yoda.expect("*LOGIN hans");
+    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGSTOP).expect("stop");
+    hans.send_bytes(b"MSG yoda unfinished");
+    hans.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGCONT).expect("continue");
+    yoda.expect("*LOGOUT hans");
+    assert!(hans.expect_closed().is_empty());
+    // 300 messages (over 64 KiB, more than one read) in 7 pieces cut mid-line.
+    let mut hans = s.login("hans", "falcon*solo");
+    yoda.expect("*LOGIN hans");
+    let text = "x".repeat(250);
+    let burst: Vec<u8> = (0..300)
+        .flat_map(|i| format!("MSG yoda {i} {text}\n").into_bytes())
+        .collect();
+    for piece in burst.chunks(burst.len() / 7 + 1) {
+        hans.send_bytes(piece);
+    }
+    for i in 0..300 {
+        assert_eq!(hans.next_frame(), "+SENT yoda");
+        yoda.expect_msg("hans", &format!("{i} {text}"));
+    }
+}

@@ -106,7 +106,8 @@ fn run(mut poll: Poll, listener: TcpListener, shared: &Shared) -> io::Result<()>
             if ev.is_writable() {
                 dirty.push(key);
             }
-            if !(ev.is_readable() || ev.is_read_closed()) {
+            let hup = ev.is_read_closed() || ev.is_error();
+            if !(ev.is_readable() || hup) {
                 continue;
             }
             while let Some(c) = conns.get_mut(key) {
@@ -118,6 +119,10 @@ fn run(mut poll: Poll, listener: TcpListener, shared: &Shared) -> io::Result<()>
                                 dirty.push(partner.unwrap_or(usize::MAX));
                             }
                             p.out.extend_from_slice(&scratch[..n]);
+                        }
+                        // Drained (natterd's rule: a short read empties the socket).
+                        if n < scratch.len() && !hup {
+                            break;
                         }
                     }
                     Step::WouldBlock => break,

@@ -6,6 +6,7 @@
 //! core one, the event loop one for its per-address table. Callers still pass
 //! `Instant`s around; they become stamps where they are stored.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// A point in time: whole milliseconds since the origin of the [`Clock`] that made it.
@@ -26,21 +27,37 @@ impl Stamp {
 }
 
 /// Turns `Instant`s into [`Stamp`]s and back.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Clock {
     origin: Instant,
+    /// The last conversion: the loop passes the same `now` to every handler of an
+    /// iteration, so most conversions (one per read, one per command) are this.
+    last: Cell<(Instant, Stamp)>,
 }
 
 impl Clock {
     /// A clock whose stamps count from `origin` (times before it become the origin).
     pub(crate) fn new(origin: Instant) -> Clock {
-        Clock { origin }
+        Clock {
+            origin,
+            last: Cell::new((origin, Stamp(0))),
+        }
     }
 
     /// `t` as a stamp, rounded down to the millisecond.
     pub(crate) fn stamp(&self, t: Instant) -> Stamp {
-        let ms = t.saturating_duration_since(self.origin).as_millis();
-        Stamp(ms.min(u128::from(u64::MAX)) as u64)
+        let (at, stamp) = self.last.get();
+        if at == t {
+            return stamp;
+        }
+        let d = t.saturating_duration_since(self.origin);
+        let stamp = Stamp(
+            d.as_secs()
+                .saturating_mul(1000)
+                .saturating_add(u64::from(d.subsec_millis())),
+        );
+        self.last.set((t, stamp));
+        stamp
     }
 
     /// The instant of `s`.
