@@ -385,12 +385,14 @@ fn wait_for(limit: Duration, progress: &Progress, mut cond: impl FnMut() -> bool
     }
 }
 
-/// Two of the scenario's own users log in (each seeing the other arrive), log out and
-/// leave; then a pause for the server to go quiet (it releases idle buffers 50 ms after
-/// activity stops). The baseline taken after it already holds what the first logins
-/// of a run cost once (the login, presence and logout code paged in, tables warmed),
-/// so the per-connection figure is the cost of one more idle user.
-fn probe(addr: SocketAddr, plan: &Plan) {
+/// Two users from outside the scenario's range (`u<N>`, `u<N+1>`) log in (each seeing
+/// the other arrive) and stay, answering pings, until the returned handle is dropped;
+/// then a pause for the server to go quiet (it releases idle buffers 50 ms after
+/// activity stops). The baseline taken after it is that of a server already serving
+/// users: the code that serves them is resident, tables are warmed, and nothing is
+/// given back for want of connections, so the per-connection figure is the cost of one
+/// more idle user. If the accounts are missing, the probe only says hello.
+fn probe(addr: SocketAddr, plan: &Plan) -> Probe {
     use std::io::{BufRead, BufReader, Write};
     let login = |idx: usize| -> Option<std::net::TcpStream> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
@@ -405,18 +407,46 @@ fn probe(addr: SocketAddr, plan: &Plan) {
                 return None;
             }
             if line.starts_with("+WELCOME") {
-                return Some(s);
+                break;
             }
         }
+        // Answer liveness pings for as long as it stays.
+        let mut pong = s.try_clone().ok()?;
+        s.set_read_timeout(None).ok()?;
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+                if let Some(seq) = line.trim_end().strip_prefix("*PING ") {
+                    let _ = pong.write_all(format!("PONG {seq}\n").as_bytes());
+                }
+                line.clear();
+            }
+        });
+        Some(s)
     };
-    let users: Vec<_> = (0..plan.clients.min(2)).filter_map(login).collect();
-    for mut s in users {
-        if s.write_all(b"LOGOUT\n").is_ok() {
-            let mut sink = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut s, &mut sink);
+    let users: Vec<_> = (plan.clients..plan.clients + 2).filter_map(login).collect();
+    if users.is_empty()
+        && let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"HELLO 1\n").is_ok() {
+            let mut line = String::new();
+            let _ = BufReader::new(&s).read_line(&mut line);
         }
     }
     std::thread::sleep(Duration::from_millis(500));
+    Probe(users)
+}
+
+/// The probe's connections; closed when dropped.
+struct Probe(Vec<std::net::TcpStream>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        for s in &self.0 {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// A one-line progress display on stderr, when it is a terminal.
@@ -490,15 +520,15 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
     let sample = || ProcSample::sum(&opts.server_pid);
     let broker = || opts.broker_pid.and_then(ProcSample::read);
     let at_start = sample();
-    if opts.mode == Mode::Idle && at_start.is_some() {
-        // A server's memory at rest changes once its first connection has come and
-        // gone (buffers sized, the allocator warmed up); measuring per-connection
-        // memory against the untouched server would credit that change to the
-        // connections. Probe first, let it go quiet, then take the baseline.
-        for &a in &addr {
-            probe(a, &plan);
-        }
-    }
+    // A server's memory changes once it serves its first users (code paged in,
+    // buffers sized, the allocator warmed up); measuring per-connection memory against
+    // the untouched server would credit that change to the connections. Probe users
+    // log in first and stay; let it go quiet, then take the baseline.
+    let probes: Vec<Probe> = if opts.mode == Mode::Idle && at_start.is_some() {
+        addr.iter().map(|&a| probe(a, &plan)).collect()
+    } else {
+        Vec::new()
+    };
     let before_connect = sample();
     let t_start = Instant::now();
 
@@ -577,6 +607,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
             let secs = t0.elapsed().as_secs_f64();
             let a = sample();
             stop(&shared);
+            drop(probes);
             progress.done();
             if let (Some(base), Some(b), Some(a)) = (before_connect, b, a) {
                 if let Some(start) = at_start {
