@@ -585,19 +585,24 @@ fn one_sender_cannot_fill_a_mailbox_for_everyone() {
 /// input larger than one read, arriving in pieces, must all be read.
 #[test]
 fn input_then_close_and_input_in_pieces_are_all_read() {
+    use nix::sys::signal::{Signal, kill};
     let s = Server::start(&["0"]);
+    let server = nix::unistd::Pid::from_raw(s.pid() as i32);
     let mut yoda = s.login("yoda", "wise@!man");
     // Input and the close arrive while natterd is stopped, so it sees both in one
     // readiness event: the short read of the input must not end its reading.
-    let mut hans = s.login("hans", "falcon*solo");
-    yoda.expect("*LOGIN hans");
-    let server = nix::unistd::Pid::from_raw(s.pid() as i32);
-    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGSTOP).expect("stop");
-    hans.send_bytes(b"MSG yoda one\nMSG yoda two\n");
-    hans.stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
-    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGCONT).expect("continue");
+    let send_and_close_while_stopped = |yoda: &mut Raw, input: &[u8]| {
+        let mut hans = s.login("hans", "falcon*solo");
+        yoda.expect("*LOGIN hans");
+        kill(server, Signal::SIGSTOP).expect("stop");
+        hans.send_bytes(input);
+        hans.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        kill(server, Signal::SIGCONT).expect("continue");
+        hans
+    };
+    let mut hans = send_and_close_while_stopped(&mut yoda, b"MSG yoda one\nMSG yoda two\n");
     yoda.expect_msg("hans", "one");
     yoda.expect_msg("hans", "two");
     yoda.expect("*LOGOUT hans");
@@ -605,14 +610,7 @@ fn input_then_close_and_input_in_pieces_are_all_read() {
     // The same with input that gets no answer (an unfinished line, dropped at the
     // close): no write to the socket raises another event, so only the first one's
     // report of the close can end the session.
-    let mut hans = s.login("hans", "falcon*solo");
-    yoda.expect("*LOGIN hans");
-    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGSTOP).expect("stop");
-    hans.send_bytes(b"MSG yoda unfinished");
-    hans.stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
-    nix::sys::signal::kill(server, nix::sys::signal::Signal::SIGCONT).expect("continue");
+    let mut hans = send_and_close_while_stopped(&mut yoda, b"MSG yoda unfinished");
     yoda.expect("*LOGOUT hans");
     assert!(hans.expect_closed().is_empty());
     // 300 messages (over 64 KiB, more than one read) in 7 pieces cut mid-line.
