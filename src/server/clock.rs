@@ -44,6 +44,11 @@ impl Clock {
         }
     }
 
+    /// Where its stamps count from.
+    pub(crate) fn origin(&self) -> Instant {
+        self.origin
+    }
+
     /// `t` as a stamp, rounded down to the millisecond.
     pub(crate) fn stamp(&self, t: Instant) -> Stamp {
         let (at, stamp) = self.last.get();

@@ -51,7 +51,7 @@ impl Timers {
 
     /// Rounds a deadline up to the next whole second since start.
     fn coarse(&self, t: Instant) -> Instant {
-        let origin = self.clock.instant(Stamp::default());
+        let origin = self.clock.origin();
         let since = t.saturating_duration_since(origin);
         let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
         origin + Duration::from_secs(secs)
@@ -147,31 +147,31 @@ fn session_checks(core: &mut Core, key: usize, serial: u64, now: Instant) {
 
 /// The liveness check: ping a connection silent for `ping_interval`; drop it if the
 /// ping goes unanswered for `ping_timeout`. Returns false if it dropped it.
-fn liveness(core: &mut Core, key: usize, at: Instant) -> bool {
+fn liveness(core: &mut Core, key: usize, now: Instant) -> bool {
     let (interval, grace) = (core.cfg.ping_interval, core.cfg.ping_timeout);
-    let now = core.timers.stamp(at);
+    let t = core.timers.stamp(now);
     let Some(s) = core.sessions.get_mut(key) else {
         return false;
     };
     s.shrink();
     if s.input_paused() {
         // Not reading it on purpose: its silence proves nothing.
-        s.live.last_rx = now;
+        s.live.last_rx = t;
         s.live.awaiting = false;
     }
     if s.live.awaiting {
         core.stats.dead_peer_kills += 1;
         info!("conn {key}: no answer to ping within {grace:?}, closing");
-        core.close(key, CloseReason::NoPong, at);
+        core.close(key, CloseReason::NoPong, now);
         return false;
     }
-    s.live.due = if now.since(s.live.last_rx) >= interval {
+    s.live.due = if t.since(s.live.last_rx) >= interval {
         s.live.ping_seq = s.live.ping_seq.wrapping_add(1);
         s.live.awaiting = true;
         let seq = u64::from(s.live.ping_seq);
         core.outbox
             .push(key, &mut s.output, |out| Push::Ping { seq }.encode(out));
-        now.after(grace)
+        t.after(grace)
     } else {
         s.live.last_rx.after(interval)
     };
