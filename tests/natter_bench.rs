@@ -239,3 +239,38 @@ fn direct_and_login_storm_over_tls() {
     assert_eq!(num(&r, "welcomed"), 0.0, "{r:?}");
     assert_eq!(num(&r, "errors"), 10.0, "{r:?}");
 }
+
+/// More TLS handshakes at once than natterd runs in one loop iteration (the rest wait
+/// for the next ones, so established users are not starved): every one completes, and
+/// a user logged in before the storm is served throughout.
+#[test]
+fn a_tls_login_storm_larger_than_one_iteration_all_completes() {
+    let s = Server::start_with(&credentials(201), &["0"]);
+    let mut early = s.login("u200", "p200");
+    let (addr, pid) = (s.addr.to_string(), s.pid().to_string());
+    let r = bench(&[
+        "login-storm",
+        "--tls",
+        "--server",
+        &addr,
+        "--server-pid",
+        &pid,
+        "-n",
+        "200",
+        "--setup-timeout",
+        "60s",
+    ]);
+    assert_eq!(num(&r, "welcomed"), 200.0, "{r:?}");
+    assert_eq!(get(&r, "complete"), "yes", "{r:?}");
+    early.send("PING still-here");
+    loop {
+        let line = early.next_frame();
+        if line == "+PONG still-here" {
+            break;
+        }
+        assert!(
+            line.starts_with("*LOGIN ") || line.starts_with("*LOGOUT "),
+            "{line}"
+        );
+    }
+}

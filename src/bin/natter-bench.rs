@@ -93,6 +93,10 @@ struct Common {
     /// Skip the loss and duplicate check (saves memory on very long runs).
     #[arg(long)]
     no_check: bool,
+    /// Number the clients' users from this one (`u<K>`, `u<K+1>`, ...), so two runs
+    /// against one server use different accounts.
+    #[arg(long, default_value_t = 0)]
+    first_user: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
         offline: c.offline && mode == Mode::Direct,
         rate: c.rate.filter(|r| *r > 0.0),
         tls: c.tls,
+        first_user: c.first_user,
     };
     match loadgen::run(&opts) {
         Ok(report) => {

@@ -91,15 +91,17 @@ pub(crate) struct Plan {
     pub rate: Option<f64>,
     /// Connect over TLS with this configuration (`--tls`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Client `i` is user `u<first_user + i>`.
+    pub first_user: usize,
 }
 
 impl Plan {
     pub(crate) fn user(&self, idx: usize) -> String {
-        format!("u{idx}")
+        format!("u{}", self.first_user + idx)
     }
 
     pub(crate) fn password(&self, idx: usize) -> String {
-        format!("p{idx}")
+        format!("p{}", self.first_user + idx)
     }
 }
 
@@ -174,6 +176,8 @@ pub struct Options {
     /// Connect over TLS (any certificate accepted: a benchmark measures, it does not
     /// trust; no session resumption, so every login pays a full handshake).
     pub tls: bool,
+    /// The first client's user number (`u<first_user>`).
+    pub first_user: usize,
 }
 
 /// What the server's `/proc` files say at one moment.
@@ -504,6 +508,7 @@ pub fn run(opts: &Options) -> Result<Report, BenchError> {
         check: opts.check && !opts.offline,
         offline: opts.offline,
         rate: opts.rate,
+        first_user: opts.first_user,
         tls: if opts.tls {
             Some(tls::config().map_err(|e| BenchError::Io(io::Error::other(e)))?)
         } else {
