@@ -27,6 +27,11 @@ fn bench(args: &[&str]) -> Vec<(String, String)> {
         "natter-bench {args:?} failed: {stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    report(&stdout)
+}
+
+/// natter-bench's JSON report as (key, value) pairs.
+fn report(stdout: &str) -> Vec<(String, String)> {
     let body = stdout
         .trim()
         .strip_prefix('{')
@@ -240,28 +245,40 @@ fn direct_and_login_storm_over_tls() {
     assert_eq!(num(&r, "errors"), 10.0, "{r:?}");
 }
 
-/// More TLS handshakes at once than natterd runs in one loop iteration (the rest wait
-/// for the next ones, so established users are not starved): every one completes, and
-/// a user logged in before the storm is served throughout.
+/// More TLS handshakes at once than natterd runs in one loop iteration: 200 clients
+/// connect and send their TLS hello while natterd is stopped, so all 200 are ready in
+/// its first iteration after it continues; 128 run and the rest wait for the next
+/// iterations. Every one completes, and a user logged in before is served throughout.
 #[test]
 fn a_tls_login_storm_larger_than_one_iteration_all_completes() {
+    use nix::sys::signal::{Signal, kill};
     let s = Server::start_with(&credentials(201), &["0"]);
+    let server = nix::unistd::Pid::from_raw(s.pid() as i32);
     let mut early = s.login("u200", "p200");
-    let (addr, pid) = (s.addr.to_string(), s.pid().to_string());
-    let r = bench(&[
-        "login-storm",
-        "--tls",
-        "--server",
-        &addr,
-        "--server-pid",
-        &pid,
-        "-n",
-        "200",
-        "--setup-timeout",
-        "60s",
-    ]);
+    assert_eq!(common::counter(&s, "handshakes_waited"), 0);
+    kill(server, Signal::SIGSTOP).expect("stop");
+    let storm = Command::new(BENCH)
+        .args([
+            "login-storm",
+            "--tls",
+            "-n",
+            "200",
+            "--setup-timeout",
+            "60s",
+        ])
+        .args(["--server", &s.addr.to_string(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run natter-bench");
+    common::wait_until("200 TLS hellos waiting in the kernel", || {
+        common::connections_with_input(s.addr.port()) >= 200
+    });
+    kill(server, Signal::SIGCONT).expect("continue");
+    let out = storm.wait_with_output().expect("natter-bench");
+    let r = report(&String::from_utf8_lossy(&out.stdout));
     assert_eq!(num(&r, "welcomed"), 200.0, "{r:?}");
     assert_eq!(get(&r, "complete"), "yes", "{r:?}");
+    assert!(common::counter(&s, "handshakes_waited") >= 72);
     early.send("PING still-here");
     loop {
         let line = early.next_frame();

@@ -15,24 +15,8 @@ fn signal(s: &Server, sig: Signal) {
     kill(Pid::from_raw(s.pid() as i32), sig).expect("signal natterd");
 }
 
-/// Asks for the counters (SIGUSR1) and returns the value of `name` from the newest
-/// stats line in the log.
 fn counter(s: &Server, name: &str) -> u64 {
-    let before = s.log().matches("stats:").count();
-    signal(s, Signal::SIGUSR1);
-    wait_until("a stats line", || {
-        s.log().matches("stats:").count() > before
-    });
-    let log = s.log();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stats:"))
-        .unwrap_or("");
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    common::counter(s, name)
 }
 
 #[test]

@@ -251,6 +251,8 @@ pub struct Server {
     /// Handshaking connections with input waiting for a later iteration, oldest first
     /// (each at most once: `Conn::deferred`).
     deferred_handshakes: VecDeque<(usize, u64)>,
+    /// How many times a handshake waited for a later iteration (a counter).
+    handshakes_waited: u64,
     accept_ready: bool,
     on_idle: Option<fn(Quiet) -> Option<Duration>>,
     /// Events were handled since `on_idle` last ran.
@@ -352,6 +354,7 @@ impl Server {
             read_backlog: Vec::new(),
             handshakes: 0,
             deferred_handshakes: VecDeque::new(),
+            handshakes_waited: 0,
             accept_ready: true,
             on_idle: cfg.on_idle,
             idle_recheck: None,
@@ -502,10 +505,11 @@ impl Server {
             .map(|b| format!(" {}", b.stats()))
             .unwrap_or_default();
         format!(
-            "{} per_ip_refused={} rate_refused={}{broker}",
+            "{} per_ip_refused={} rate_refused={} handshakes_waited={}{broker}",
             self.core.stats_line(),
             self.per_ip_refused,
-            self.rate_refused
+            self.rate_refused,
+            self.handshakes_waited
         )
     }
 
@@ -711,6 +715,7 @@ impl Server {
                 if !*deferred && let Some(serial) = core.serial(key) {
                     *deferred = true;
                     self.deferred_handshakes.push_back((key, serial));
+                    self.handshakes_waited += 1;
                 }
                 break;
             }

@@ -834,3 +834,49 @@ pub fn read_peer_line(stream: &mut impl Read) -> Option<String> {
         }
     }
 }
+
+/// Asks natterd for its counters (SIGUSR1) and returns the value of `name` from the
+/// newest stats line in its log.
+pub fn counter(s: &Server, name: &str) -> u64 {
+    let before = s.log().matches("stats:").count();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .expect("SIGUSR1");
+    wait_until("a stats line", || {
+        s.log().matches("stats:").count() > before
+    });
+    let log = s.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stats:"))
+        .unwrap_or("");
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+}
+
+/// Server-side TCP connections on `port` in the kernel (accepted or still in the
+/// listen queue) that have bytes waiting to be read, from /proc/net/tcp.
+pub fn connections_with_input(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let rx_queue = f
+                .get(4)
+                .and_then(|q| q.split(':').nth(1))
+                .and_then(|q| usize::from_str_radix(q, 16).ok());
+            local_port == Some(port) && f.get(3) == Some(&"01") && rx_queue.unwrap_or(0) > 0
+        })
+        .count()
+}
