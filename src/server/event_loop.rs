@@ -108,8 +108,8 @@ const READ_BUDGET: usize = 256 * 1024;
 /// for the next ones. A flood of handshakes then adds at most about 18 ms to an
 /// iteration instead of stalling established users for as long as the flood lasts.
 /// The number trades a login storm's length against everyone else's latency during
-/// it (docs/benchmarks.md: 10,000 TLS logins in 5.8 s instead of 2.8 s, established
-/// users' p99 0.25 s instead of 0.93 s meanwhile).
+/// it (docs/benchmarks.md: 10,000 TLS logins in 5.6 s instead of 2.9 s, established
+/// users' p99 0.24 s instead of 0.95 s meanwhile).
 const HANDSHAKES_PER_ITERATION: u32 = 128;
 
 /// Silence after activity before the loop calls its `on_idle` hook.
@@ -403,9 +403,9 @@ impl Server {
                 }
                 return Err(RunError::Poll(e));
             }
-            self.note_activity(events.is_empty());
-            self.handshakes = 0;
             let now = Instant::now();
+            self.note_activity(events.is_empty(), now);
+            self.handshakes = 0;
             self.read_backlog(now);
             for event in events.iter() {
                 match event.token() {
@@ -453,9 +453,8 @@ impl Server {
     /// connections give their buffers back (kept while busy, so a loaded server does
     /// not reallocate them on every flush), then the allocator returns memory to the
     /// kernel.
-    fn note_activity(&mut self, no_events: bool) {
-        if no_events && self.read_backlog.is_empty() {
-            let now = Instant::now();
+    fn note_activity(&mut self, no_events: bool, now: Instant) {
+        if no_events && !self.reads_waiting() {
             let recheck = !self.busy && self.idle_recheck.is_some_and(|t| t <= now);
             if self.busy {
                 self.core.release_buffers();
@@ -477,7 +476,14 @@ impl Server {
         }
     }
 
-    /// Reads the connections whose read budget ran out last time (or that resumed).
+    /// Whether reads are owed without waiting for events: connections whose read budget
+    /// ran out (or that resumed), and handshakes over last iteration's share.
+    fn reads_waiting(&self) -> bool {
+        !self.read_backlog.is_empty() || !self.deferred_handshakes.is_empty()
+    }
+
+    /// Reads the connections whose read budget ran out last time (or that resumed),
+    /// then the handshakes that waited.
     fn read_backlog(&mut self, now: Instant) {
         for (key, serial) in std::mem::take(&mut self.read_backlog) {
             if self.core.is_current(key, serial) {
@@ -517,8 +523,7 @@ impl Server {
         let can_accept = self.accept_ready
             && self.accept_retry_at.is_none()
             && self.conns.len() < self.max_connections;
-        let handshakes_wait = !self.deferred_handshakes.is_empty();
-        if !self.read_backlog.is_empty() || handshakes_wait || can_accept {
+        if self.reads_waiting() || can_accept {
             return Some(Duration::ZERO);
         }
         // After activity, wake once when things go quiet so `on_idle` runs then, not at
